@@ -1,0 +1,129 @@
+//! `ApiError`: every failure the API answers, always as `{code, message}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::provider::{ExecOutput, ProviderError};
+use crate::sandbox::ServiceError;
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400 `bad_request`: invalid input.
+    BadRequest(String),
+    /// 401 `unauthorized`: missing or wrong API key.
+    Unauthorized,
+    /// 404 `not_found`: unknown sandbox, file or route.
+    NotFound(String),
+    /// 405 `method_not_allowed`: the route exists, the method does not.
+    MethodNotAllowed(String),
+    /// 408 `timeout`: an exec ran past its timeout; carries partial output.
+    Timeout(String, Box<ExecOutput>),
+    /// 409 `conflict`: already exists, or not running.
+    Conflict(String),
+    /// 413 `payload_too_large`: a body or file over the configured limit.
+    PayloadTooLarge(String),
+    /// 422 `unsupported`: the provider cannot do this.
+    Unsupported(String),
+    /// 429 `resource_limit`: over a quota; an exec stopped by a limit
+    /// carries its partial output.
+    ResourceLimit(String, Option<Box<ExecOutput>>),
+    /// 503 `unavailable`: the provider is not available.
+    Unavailable(String),
+    /// 500 `internal`: logged in full, answered with a generic message.
+    Internal(anyhow::Error),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stdout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stderr: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration_ms: Option<f64>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message, partial) = match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m, None),
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid X-API-Key header is required".to_string(),
+                None,
+            ),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m, None),
+            ApiError::MethodNotAllowed(m) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", m, None),
+            ApiError::Timeout(m, out) => (StatusCode::REQUEST_TIMEOUT, "timeout", m, Some(out)),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m, None),
+            ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", m, None),
+            ApiError::Unsupported(m) => (StatusCode::UNPROCESSABLE_ENTITY, "unsupported", m, None),
+            ApiError::ResourceLimit(m, out) => (StatusCode::TOO_MANY_REQUESTS, "resource_limit", m, out),
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m, None),
+            ApiError::Internal(e) => {
+                tracing::error!("internal error: {e:#}");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "an internal error occurred; the details are in the server log".to_string(),
+                    None,
+                )
+            }
+        };
+        let body = ErrorBody {
+            code,
+            message,
+            stdout: partial
+                .as_ref()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned()),
+            stderr: partial
+                .as_ref()
+                .map(|o| String::from_utf8_lossy(&o.stderr).into_owned()),
+            truncated: partial.as_ref().is_some_and(|o| o.truncated),
+            duration_ms: partial.as_ref().map(|o| o.duration.as_secs_f64() * 1000.0),
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+/// The one place where domain errors become HTTP answers.
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::SandboxNotFound(id) => ApiError::NotFound(format!("sandbox {id} not found")),
+            ServiceError::BadRequest(m) => ApiError::BadRequest(m),
+            ServiceError::ResourceLimit(m) => ApiError::ResourceLimit(m, None),
+            ServiceError::Conflict(m) => ApiError::Conflict(m),
+            ServiceError::Provider(p) => match p {
+                ProviderError::NotFound(m) => ApiError::NotFound(m),
+                ProviderError::Unavailable(m) => ApiError::Unavailable(m),
+                ProviderError::Unsupported(m) => ApiError::Unsupported(m),
+                ProviderError::InvalidInput(m) => ApiError::BadRequest(m),
+                ProviderError::Conflict(m) => ApiError::Conflict(m),
+                ProviderError::QuotaExceeded(m) => ApiError::ResourceLimit(m, None),
+                ref limit @ ProviderError::Timeout { .. } => {
+                    let message = limit.to_string();
+                    let ProviderError::Timeout { partial, .. } = p else {
+                        unreachable!()
+                    };
+                    ApiError::Timeout(message, partial)
+                }
+                ref limit @ (ProviderError::FuelExhausted { .. } | ProviderError::MemoryLimit { .. }) => {
+                    let message = limit.to_string();
+                    let (ProviderError::FuelExhausted { partial, .. } | ProviderError::MemoryLimit { partial, .. }) = p
+                    else {
+                        unreachable!()
+                    };
+                    ApiError::ResourceLimit(message, Some(partial))
+                }
+                ProviderError::Internal(e) => ApiError::Internal(e),
+            },
+        }
+    }
+}

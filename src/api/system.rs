@@ -1,0 +1,80 @@
+//! Health, liveness, readiness and the provider list.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::duration;
+use crate::provider::{Capabilities, ProviderStatus};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/live", get(live))
+        .route("/ready", get(ready))
+        .route("/providers", get(providers))
+        .route("/providers/{name}", get(provider))
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    let uptime = std::time::Duration::from_secs(state.started.elapsed().as_secs());
+    Json(serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime": duration::format(uptime),
+    }))
+    .into_response()
+}
+
+async fn live() -> Response {
+    (StatusCode::OK, Json(serde_json::json!({"status": "alive"}))).into_response()
+}
+
+async fn ready(State(state): State<AppState>) -> Result<Response, ApiError> {
+    if state.service.any_provider_available() {
+        Ok(Json(serde_json::json!({"status": "ready"})).into_response())
+    } else {
+        Err(ApiError::Unavailable("no provider is available".into()))
+    }
+}
+
+#[derive(Serialize)]
+struct ProviderView {
+    name: String,
+    available: bool,
+    default: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    images: Vec<String>,
+    capabilities: Capabilities,
+}
+
+fn view((status, default): (ProviderStatus, bool)) -> ProviderView {
+    ProviderView {
+        name: status.name,
+        available: status.available,
+        default,
+        reason: status.reason,
+        images: status.images,
+        capabilities: status.capabilities,
+    }
+}
+
+async fn providers(State(state): State<AppState>) -> Json<Vec<ProviderView>> {
+    Json(state.service.provider_statuses().into_iter().map(view).collect())
+}
+
+async fn provider(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<ProviderView>, ApiError> {
+    state
+        .service
+        .provider_statuses()
+        .into_iter()
+        .find(|(s, _)| s.name == name)
+        .map(|p| Json(view(p)))
+        .ok_or_else(|| ApiError::NotFound(format!("provider {name} not found")))
+}

@@ -1,0 +1,137 @@
+//! stacyvm: a sandbox server. Untrusted code arrives over a REST API and runs
+//! in WebAssembly (wasmtime + WASI) or in a Docker container.
+//!
+//! A tour of the modules:
+//! - [`settings`]: layered configuration, validated before binding.
+//! - [`api`]: the axum routers, `ApiError` and the extractors.
+//! - [`sandbox`]: the `SandboxService` the API calls, the registry, TTL
+//!   reaping, ids, paths and tenancy.
+//! - [`provider`]: the `Provider` trait; `provider::wasm` runs interpreters
+//!   under wasmtime.
+//! - [`runtime`]: the interpreter catalogue from `runtimes/` and
+//!   `wasm-images/`, and fetching images.
+//! - [`duration`]: Go duration syntax for `ttl` and `timeout`.
+
+pub mod api;
+pub mod duration;
+pub mod provider;
+pub mod runtime;
+pub mod sandbox;
+pub mod settings;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::api::AppState;
+use crate::provider::Provider;
+use crate::provider::unavailable::UnavailableProvider;
+use crate::provider::wasm::WasmProvider;
+use crate::runtime::Catalog;
+use crate::sandbox::SandboxService;
+use crate::sandbox::id::TenantId;
+use crate::settings::Settings;
+
+/// A built server: listening, with its providers loaded, not yet serving.
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl App {
+    /// Loads images and providers, recovers the registry, and binds.
+    pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        settings.validate()?;
+        let settings = Arc::new(settings);
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("cannot create data directory {}", settings.data_dir.display()))?;
+        let catalog = match &settings.wasm.catalog_dir {
+            Some(dir) => Catalog::from_dir(dir)?,
+            None => Catalog::built_in()?,
+        };
+        let started = Instant::now();
+        let wasm = WasmProvider::new(&settings, catalog).await?;
+        tracing::info!(elapsed = ?started.elapsed(), "wasm provider ready");
+        let providers: Vec<Arc<dyn Provider>> = vec![
+            Arc::new(wasm),
+            Arc::new(UnavailableProvider::new(
+                "docker",
+                "the docker provider is not built into this server yet",
+            )),
+        ];
+        let service = Arc::new(SandboxService::start(settings.clone(), providers).await?);
+        let listener = TcpListener::bind(settings.bind)
+            .await
+            .with_context(|| format!("cannot bind {}", settings.bind))?;
+        if !settings.auth_enabled() && !settings.bind.ip().is_loopback() {
+            tracing::warn!(bind = %settings.bind, "no API key is configured and the server listens beyond loopback: anyone who can reach it can run code");
+        }
+        let keys = settings
+            .auth
+            .keys
+            .iter()
+            .map(|k| (k.key.expose().to_string(), TenantId::new(k.tenant.clone())))
+            .collect();
+        Ok(App {
+            listener,
+            state: AppState {
+                service,
+                keys: Arc::new(keys),
+                started,
+            },
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let service = self.state.service.clone();
+        let reap_interval = service.settings().sandbox.reap_interval;
+        let reaper = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(reap_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                service.reap_expired().await;
+            }
+        });
+        tracing::info!(addr = %self.local_addr(), "stacyvm listening");
+        let result = axum::serve(self.listener, api::router(self.state))
+            .with_graceful_shutdown(shutdown)
+            .await;
+        reaper.abort();
+        tracing::info!("stacyvm stopped");
+        Ok(result?)
+    }
+
+    /// Serves until SIGINT or SIGTERM.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        tokio::signal::ctrl_c().await.ok();
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received; finishing in-flight requests");
+}

@@ -1,0 +1,96 @@
+//! The `stacyvm` command: `serve` runs the server, `images pull` fetches the
+//! wasm images ahead of time.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use stacyvm::App;
+use stacyvm::runtime::{Catalog, fetch};
+use stacyvm::settings::{Overrides, Settings};
+
+#[derive(Parser)]
+#[command(
+    name = "stacyvm",
+    version,
+    about = "A sandbox server for untrusted code: WebAssembly or Docker behind one REST API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// Config file (TOML); `stacyvm.toml` in the current directory is read when present.
+    #[arg(long, env = "STACYVM_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Data directory: images, compile cache, sandboxes and registry.
+    #[arg(long, env = "STACYVM_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the REST server.
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        /// Address to listen on.
+        #[arg(long, env = "STACYVM_BIND")]
+        bind: Option<SocketAddr>,
+    },
+    /// Manage wasm images.
+    Images {
+        #[command(subcommand)]
+        command: ImagesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImagesCommand {
+    /// Fetch and verify every image listed in wasm-images/.
+    Pull {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+fn load(common: &Common, bind: Option<SocketAddr>) -> anyhow::Result<Settings> {
+    Settings::load(&Overrides {
+        config: common.config.clone(),
+        bind,
+        data_dir: common.data_dir.clone(),
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("STACYVM_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { common, bind } => {
+            let settings = load(&common, bind)?;
+            let app = App::build(settings).await?;
+            app.run_until_stopped().await
+        }
+        Command::Images {
+            command: ImagesCommand::Pull { common },
+        } => {
+            let settings = load(&common, None)?;
+            let catalog = match &settings.wasm.catalog_dir {
+                Some(dir) => Catalog::from_dir(dir)?,
+                None => Catalog::built_in()?,
+            };
+            let dir = settings.image_dir();
+            for manifest in catalog.images() {
+                let path = fetch::ensure_image(manifest, &dir, false).await?;
+                println!("{} {} ({})", manifest.name, path.display(), manifest.license);
+            }
+            Ok(())
+        }
+    }
+}

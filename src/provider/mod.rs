@@ -1,0 +1,190 @@
+//! The seam between the sandbox service and the isolation back ends.
+//!
+//! A [`Provider`] creates and destroys sandboxes, runs commands in them and
+//! moves files in and out. It never sees HTTP; the API never sees wasmtime or
+//! Docker. Optional capabilities default to [`ProviderError::Unsupported`].
+
+pub mod unavailable;
+pub mod wasm;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::sandbox::Sandbox;
+use crate::sandbox::path::SandboxPath;
+
+/// What went wrong in a provider, in domain terms. Converted to an HTTP
+/// answer in exactly one place (`api::error`).
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// A file or directory inside the sandbox does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The provider cannot serve requests right now (no Docker daemon...).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The provider cannot do this at all.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The request cannot work as given: unknown image, bad workdir, a shell
+    /// feature the provider lacks.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The target exists when it must not, or has the wrong kind.
+    #[error("{0}")]
+    Conflict(String),
+    /// A quota (disk, sandbox count) would be exceeded.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// The command ran past its deadline and was stopped.
+    #[error("the command ran past its timeout of {} and was stopped", crate::duration::format(*.timeout))]
+    Timeout {
+        timeout: Duration,
+        partial: Box<ExecOutput>,
+    },
+    /// The command used up its CPU budget and was stopped.
+    #[error("the command used up its CPU budget of {fuel} fuel units and was stopped")]
+    FuelExhausted { fuel: u64, partial: Box<ExecOutput> },
+    /// The command was stopped for exceeding its memory limit.
+    #[error("the command exceeded its memory limit of {limit_mb} MiB and was stopped")]
+    MemoryLimit { limit_mb: u64, partial: Box<ExecOutput> },
+    /// Anything else; the detail goes to the log only.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// How `command` is to be understood.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecMode {
+    /// A shell command line; `args` are quoted and appended.
+    #[default]
+    Shell,
+    /// `command` is the program and `args` its arguments; no shell.
+    Argv,
+}
+
+/// A command to run, already validated by the service.
+#[derive(Debug, Clone)]
+pub struct ExecSpec {
+    pub mode: ExecMode,
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub workdir: SandboxPath,
+    pub timeout: Duration,
+    pub stdin: Option<Vec<u8>>,
+}
+
+/// What a finished command produced. A non-zero exit is a normal result.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExecOutput {
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// Output beyond the cap was dropped.
+    pub truncated: bool,
+    pub duration: Duration,
+    /// Set when the guest crashed (a wasm trap such as stack exhaustion):
+    /// a short machine-readable reason, like a signal name for a process.
+    pub trap: Option<String>,
+}
+
+/// One entry of a directory listing or a stat.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FileEntry {
+    pub name: String,
+    pub path: String,
+    pub size: u64,
+    /// Permission bits in octal, as `chmod` takes them: `"0644"`.
+    pub mode: String,
+    pub is_dir: bool,
+    /// RFC 3339, UTC.
+    pub mod_time: String,
+}
+
+/// Usage figures for `GET /stats`.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct SandboxStats {
+    pub supported: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_pct: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mem_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mem_limit_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_limit_bytes: Option<u64>,
+}
+
+/// How a provider describes itself in `GET /providers`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProviderStatus {
+    pub name: String,
+    pub available: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub images: Vec<String>,
+    pub capabilities: Capabilities,
+}
+
+/// What a provider can do beyond the common API.
+#[derive(Debug, Clone, Copy, Serialize, Default)]
+pub struct Capabilities {
+    pub exec: bool,
+    pub files: bool,
+    pub stdin: bool,
+    pub shell: bool,
+    pub preview: bool,
+    pub stats: bool,
+    pub network: bool,
+}
+
+#[async_trait]
+pub trait Provider: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    fn status(&self) -> ProviderStatus;
+
+    /// The image a create request asked for, or the default, checked to be
+    /// one this provider can run.
+    fn resolve_image(&self, requested: Option<&str>) -> Result<String, ProviderError>;
+
+    /// Makes the sandbox's resources. The sandbox is ready when this returns.
+    async fn create(&self, sandbox: &Sandbox) -> Result<(), ProviderError>;
+
+    /// Frees every resource of the sandbox. Destroying twice is not an error.
+    async fn destroy(&self, sandbox: &Sandbox) -> Result<(), ProviderError>;
+
+    /// Whether the sandbox's resources still exist (used after a restart).
+    async fn exists(&self, sandbox: &Sandbox) -> bool;
+
+    /// Removes resources that belong to no sandbox in `known` (after a crash).
+    async fn remove_orphans(&self, known: &[Sandbox]) -> anyhow::Result<usize>;
+
+    async fn exec(&self, sandbox: &Sandbox, spec: ExecSpec) -> Result<ExecOutput, ProviderError>;
+
+    async fn write_file(
+        &self,
+        sandbox: &Sandbox,
+        path: &SandboxPath,
+        data: Vec<u8>,
+        mode: u32,
+    ) -> Result<(), ProviderError>;
+    async fn read_file(&self, sandbox: &Sandbox, path: &SandboxPath) -> Result<Vec<u8>, ProviderError>;
+    async fn delete_file(&self, sandbox: &Sandbox, path: &SandboxPath, recursive: bool) -> Result<(), ProviderError>;
+    async fn list_files(&self, sandbox: &Sandbox, path: &SandboxPath) -> Result<Vec<FileEntry>, ProviderError>;
+    async fn stat_file(&self, sandbox: &Sandbox, path: &SandboxPath) -> Result<FileEntry, ProviderError>;
+    async fn move_file(&self, sandbox: &Sandbox, from: &SandboxPath, to: &SandboxPath) -> Result<(), ProviderError>;
+    async fn chmod_file(&self, sandbox: &Sandbox, path: &SandboxPath, mode: u32) -> Result<(), ProviderError>;
+    async fn glob(&self, sandbox: &Sandbox, pattern: &str) -> Result<Vec<String>, ProviderError>;
+
+    async fn stats(&self, _sandbox: &Sandbox) -> Result<SandboxStats, ProviderError> {
+        Ok(SandboxStats::default())
+    }
+}

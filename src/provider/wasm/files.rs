@@ -1,0 +1,363 @@
+//! File operations on a wasm sandbox's directory, through cap-std, so that
+//! no path or symlink can lead outside the sandbox root.
+
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+
+use cap_std::fs::MetadataExt;
+use std::path::Path;
+
+use cap_std::ambient_authority;
+use cap_std::fs::{Dir, OpenOptions};
+
+use crate::provider::{FileEntry, ProviderError};
+use crate::sandbox::path::SandboxPath;
+
+pub fn open_root(dir: &Path) -> Result<Dir, ProviderError> {
+    Dir::open_ambient_dir(dir, ambient_authority())
+        .map_err(|e| ProviderError::Internal(anyhow::anyhow!("cannot open sandbox directory {}: {e}", dir.display())))
+}
+
+/// Maps an I/O error on `path` to what the client should hear.
+pub fn io_error(path: &SandboxPath, e: io::Error) -> ProviderError {
+    // cap-std reports an attempted escape (an absolute symlink, or `..`
+    // through a symlink) as PermissionDenied with this text.
+    if e.to_string().contains("outside of the filesystem") {
+        return ProviderError::InvalidInput(format!("path {path} escapes the sandbox"));
+    }
+    match e.kind() {
+        io::ErrorKind::NotFound => ProviderError::NotFound(format!("file {path} not found")),
+        io::ErrorKind::IsADirectory => ProviderError::InvalidInput(format!("{path} is a directory")),
+        io::ErrorKind::NotADirectory => ProviderError::InvalidInput(format!("a parent of {path} is not a directory")),
+        io::ErrorKind::AlreadyExists => ProviderError::Conflict(format!("{path} already exists")),
+        io::ErrorKind::DirectoryNotEmpty => ProviderError::Conflict(format!(
+            "directory {path} is not empty; pass recursive=true to delete it"
+        )),
+        io::ErrorKind::PermissionDenied => ProviderError::InvalidInput(format!("permission denied on {path}")),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+            ProviderError::QuotaExceeded(format!("no space left for {path}"))
+        }
+        _ => ProviderError::Internal(anyhow::anyhow!("file operation on {path} failed: {e}")),
+    }
+}
+
+/// Bytes of file data under `dir`, never following symlinks.
+pub fn disk_usage(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                total += meta.len();
+            }
+        }
+    }
+    total
+}
+
+pub fn write(
+    root: &Dir,
+    path: &SandboxPath,
+    data: &[u8],
+    mode: u32,
+    quota: u64,
+    usage: u64,
+) -> Result<(), ProviderError> {
+    if path.is_root() {
+        return Err(ProviderError::InvalidInput("cannot write to the sandbox root".into()));
+    }
+    let rel = path.relative();
+    let old_size = match root.symlink_metadata(&rel) {
+        Ok(m) if m.is_dir() => return Err(ProviderError::InvalidInput(format!("{path} is a directory"))),
+        Ok(m) if m.is_file() => m.len(),
+        _ => 0,
+    };
+    let new_usage = usage.saturating_sub(old_size) + data.len() as u64;
+    if new_usage > quota {
+        return Err(ProviderError::QuotaExceeded(format!(
+            "writing {} bytes to {path} would exceed the sandbox disk quota of {quota} bytes",
+            data.len()
+        )));
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.is_root()) {
+        root.create_dir_all(parent.relative())
+            .map_err(|e| io_error(&parent, e))?;
+    }
+    let mut opts = OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    let mut f = root.open_with(&rel, &opts).map_err(|e| io_error(path, e))?;
+    f.write_all(data).map_err(|e| io_error(path, e))?;
+    f.set_permissions(cap_std::fs::Permissions::from_std(std::fs::Permissions::from_mode(
+        mode,
+    )))
+    .map_err(|e| io_error(path, e))?;
+    Ok(())
+}
+
+pub fn read(root: &Dir, path: &SandboxPath, limit: usize) -> Result<Vec<u8>, ProviderError> {
+    let rel = path.relative();
+    let meta = root.metadata(&rel).map_err(|e| io_error(path, e))?;
+    if meta.is_dir() {
+        return Err(ProviderError::InvalidInput(format!("{path} is a directory")));
+    }
+    if meta.len() > limit as u64 {
+        return Err(ProviderError::QuotaExceeded(format!(
+            "{path} is {} bytes, above the download limit of {limit} bytes",
+            meta.len()
+        )));
+    }
+    root.read(&rel).map_err(|e| io_error(path, e))
+}
+
+pub fn delete(root: &Dir, path: &SandboxPath, recursive: bool) -> Result<(), ProviderError> {
+    if path.is_root() {
+        return Err(ProviderError::InvalidInput(
+            "refusing to delete the sandbox root".into(),
+        ));
+    }
+    let rel = path.relative();
+    let meta = root.symlink_metadata(&rel).map_err(|e| io_error(path, e))?;
+    let result = if meta.is_dir() {
+        if recursive {
+            root.remove_dir_all(&rel)
+        } else {
+            root.remove_dir(&rel)
+        }
+    } else {
+        root.remove_file(&rel)
+    };
+    result.map_err(|e| io_error(path, e))
+}
+
+fn entry(path: &SandboxPath, meta: &cap_std::fs::Metadata) -> FileEntry {
+    let modified = meta
+        .modified()
+        .map(|t| t.into_std())
+        .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+    FileEntry {
+        name: path.file_name().unwrap_or("/").to_string(),
+        path: path.to_string(),
+        size: if meta.is_dir() { 0 } else { meta.len() },
+        mode: format!("{:04o}", meta.mode() & 0o7777),
+        is_dir: meta.is_dir(),
+        mod_time: humantime::format_rfc3339_seconds(modified).to_string(),
+    }
+}
+
+pub fn stat(root: &Dir, path: &SandboxPath) -> Result<FileEntry, ProviderError> {
+    let meta = root.symlink_metadata(path.relative()).map_err(|e| io_error(path, e))?;
+    Ok(entry(path, &meta))
+}
+
+pub fn list(root: &Dir, path: &SandboxPath) -> Result<Vec<FileEntry>, ProviderError> {
+    let rel = path.relative();
+    let meta = root.metadata(&rel).map_err(|e| io_error(path, e))?;
+    if !meta.is_dir() {
+        return Ok(vec![entry(path, &meta)]);
+    }
+    let mut out = vec![];
+    for item in root.read_dir(&rel).map_err(|e| io_error(path, e))? {
+        let item = item.map_err(|e| io_error(path, e))?;
+        let name = item.file_name().to_string_lossy().into_owned();
+        let child = path
+            .join(&name)
+            .map_err(|e| ProviderError::InvalidInput(e.to_string()))?;
+        if let Ok(m) = item.metadata() {
+            out.push(entry(&child, &m));
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+pub fn rename(root: &Dir, from: &SandboxPath, to: &SandboxPath) -> Result<(), ProviderError> {
+    if from.is_root() || to.is_root() {
+        return Err(ProviderError::InvalidInput("cannot move the sandbox root".into()));
+    }
+    root.symlink_metadata(from.relative()).map_err(|e| io_error(from, e))?;
+    if let Some(parent) = to.parent().filter(|p| !p.is_root()) {
+        root.create_dir_all(parent.relative())
+            .map_err(|e| io_error(&parent, e))?;
+    }
+    root.rename(from.relative(), root, to.relative())
+        .map_err(|e| io_error(to, e))
+}
+
+pub fn chmod(root: &Dir, path: &SandboxPath, mode: u32) -> Result<(), ProviderError> {
+    root.set_permissions(
+        path.relative(),
+        cap_std::fs::Permissions::from_std(std::fs::Permissions::from_mode(mode)),
+    )
+    .map_err(|e| io_error(path, e))
+}
+
+/// Sandbox paths matching `pattern` (`*`, `?`, `[...]`, and `**` for any
+/// depth), relative patterns resolving against `/workspace`. Sorted.
+pub fn glob(root: &Dir, pattern: &str) -> Result<Vec<String>, ProviderError> {
+    let base = if pattern.starts_with('/') {
+        SandboxPath::root()
+    } else {
+        SandboxPath::workspace()
+    };
+    let parts: Vec<&str> = pattern.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    if parts.contains(&"..") {
+        return Err(ProviderError::InvalidInput("glob patterns may not contain ..".into()));
+    }
+    let mut out = vec![];
+    // Bound the walk: a pattern like /**/* on a big tree must not run away.
+    let mut budget = 100_000usize;
+    glob_walk(root, &base, &parts, &mut out, &mut budget);
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+fn glob_walk(root: &Dir, dir: &SandboxPath, parts: &[&str], out: &mut Vec<String>, budget: &mut usize) {
+    let Some((first, rest)) = parts.split_first() else {
+        out.push(dir.to_string());
+        return;
+    };
+    if *first == "**" {
+        glob_walk(root, dir, rest, out, budget);
+    }
+    let Ok(entries) = root.read_dir(dir.relative()) else {
+        return;
+    };
+    for item in entries.flatten() {
+        if *budget == 0 {
+            return;
+        }
+        *budget -= 1;
+        let name = item.file_name().to_string_lossy().into_owned();
+        let Ok(child) = dir.join(&name) else { continue };
+        let is_dir = item.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        if *first == "**" {
+            if is_dir && !name.starts_with('.') {
+                glob_walk(root, &child, parts, out, budget);
+            }
+        } else if wildcard_match(first, &name) {
+            if rest.is_empty() {
+                out.push(child.to_string());
+            } else if is_dir {
+                glob_walk(root, &child, rest, out, budget);
+            }
+        }
+    }
+}
+
+/// Shell-style match of one path component: `*`, `?` and `[...]` classes.
+/// A leading `.` must be matched explicitly, as in sh.
+pub fn wildcard_match(pattern: &str, name: &str) -> bool {
+    if name.starts_with('.') && !pattern.starts_with('.') {
+        return false;
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    let (mut pi, mut ni) = (0, 0);
+    let (mut star, mut star_n) = (None, 0);
+    while ni < n.len() {
+        if pi < p.len() {
+            match p[pi] {
+                '*' => {
+                    star = Some(pi);
+                    star_n = ni;
+                    pi += 1;
+                    continue;
+                }
+                '?' => {
+                    pi += 1;
+                    ni += 1;
+                    continue;
+                }
+                '[' => {
+                    if let Some((matched, next)) = class_match(&p, pi, n[ni]) {
+                        if matched {
+                            pi = next;
+                            ni += 1;
+                            continue;
+                        }
+                    } else if n[ni] == '[' {
+                        pi += 1;
+                        ni += 1;
+                        continue;
+                    }
+                }
+                c if c == n[ni] => {
+                    pi += 1;
+                    ni += 1;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        match star {
+            Some(s) => {
+                pi = s + 1;
+                star_n += 1;
+                ni = star_n;
+            }
+            None => return false,
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// Matches `c` against the class starting at `p[start] == '['`; returns
+/// whether it matched and the index after `]`, or None if unterminated.
+fn class_match(p: &[char], start: usize, c: char) -> Option<(bool, usize)> {
+    let mut i = start + 1;
+    let negate = matches!(p.get(i), Some('!') | Some('^'));
+    if negate {
+        i += 1;
+    }
+    let mut matched = false;
+    let mut first = true;
+    while i < p.len() && (p[i] != ']' || first) {
+        first = false;
+        if i + 2 < p.len() && p[i + 1] == '-' && p[i + 2] != ']' {
+            if p[i] <= c && c <= p[i + 2] {
+                matched = true;
+            }
+            i += 3;
+        } else {
+            if p[i] == c {
+                matched = true;
+            }
+            i += 1;
+        }
+    }
+    if i >= p.len() {
+        return None;
+    }
+    Some((matched != negate, i + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_match_like_sh() {
+        let table = [
+            ("*.py", "main.py", true),
+            ("*.py", "main.pyc", false),
+            ("m?in.py", "main.py", true),
+            ("*", ".hidden", false),
+            (".*", ".hidden", true),
+            ("[abc]x", "bx", true),
+            ("[!abc]x", "bx", false),
+            ("[a-c]x", "cx", true),
+            ("a*b*c", "aXbYc", true),
+            ("a*b*c", "aXbY", false),
+            ("[x", "[x", true),
+            ("", "", true),
+        ];
+        for (p, n, want) in table {
+            assert_eq!(wildcard_match(p, n), want, "{p} vs {n}");
+        }
+    }
+}

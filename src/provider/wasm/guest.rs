@@ -1,0 +1,310 @@
+//! One guest run: a fresh `Store` with memory, fuel, deadline and disk limits,
+//! a WASI context whose whole world is the sandbox directory, and captured
+//! output. Nothing survives the run but the files it wrote.
+//!
+//! Disk quota: wasmtime-wasi has no quota hook, so the linker shadows the
+//! preview1 functions that add file data (`fd_write`, `fd_pwrite`,
+//! `fd_filestat_set_size`) with wrappers that charge the bytes against the
+//! sandbox's remaining quota before calling the real implementation, and
+//! answer ENOSPC when they would not fit. Usage is measured before each run
+//! and every write during the run is charged in full, even when it overwrites
+//! existing bytes, so a guest can never overshoot the quota; the price is that
+//! one run that rewrites the same file many times may see ENOSPC early.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use wasmtime::{AsContextMut, Caller, Extern, Linker, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime_wasi::p1::wasi_snapshot_preview1::{self as wasi1, WasiSnapshotPreview1};
+use wasmtime_wasi::p1::{self, WasiP1Ctx};
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+use wiggle::GuestMemory;
+
+use super::engine::LoadedRuntime;
+use super::pipe::CapturePipe;
+use crate::provider::{ExecOutput, ProviderError};
+
+const WASI: &str = "wasi_snapshot_preview1";
+/// `__WASI_ERRNO_NOSPC`.
+const ERRNO_NOSPC: i32 = 51;
+
+pub struct GuestState {
+    wasi: WasiP1Ctx,
+    limits: StoreLimits,
+    quota: Quota,
+}
+
+struct Quota {
+    remaining: u64,
+    /// Once the guest moves a file onto fd 0-2, every fd is charged.
+    stdio_replaced: bool,
+    hit: bool,
+}
+
+/// Marks the error that the epoch callback raises at the deadline.
+#[derive(Debug)]
+struct DeadlineReached;
+
+impl std::fmt::Display for DeadlineReached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the exec deadline was reached")
+    }
+}
+
+impl std::error::Error for DeadlineReached {}
+
+/// Registers WASI preview1, then shadows the functions that grow files.
+pub fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+    p1::add_to_linker_sync(linker, |s: &mut GuestState| &mut s.wasi)?;
+    linker.allow_shadowing(true);
+    linker.func_wrap(
+        WASI,
+        "fd_write",
+        |mut caller: Caller<'_, GuestState>,
+         fd: i32,
+         iovs: i32,
+         iovs_len: i32,
+         nwritten: i32|
+         -> wasmtime::Result<i32> {
+            if counted(&caller, fd) {
+                let bytes = iov_total(&mut caller, iovs, iovs_len);
+                if !charge(&mut caller, bytes) {
+                    return Ok(ERRNO_NOSPC);
+                }
+            }
+            call_real(&mut caller, |ctx, mem| {
+                in_tokio(wasi1::fd_write(ctx, mem, fd, iovs, iovs_len, nwritten))
+            })
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "fd_pwrite",
+        |mut caller: Caller<'_, GuestState>,
+         fd: i32,
+         iovs: i32,
+         iovs_len: i32,
+         offset: i64,
+         nwritten: i32|
+         -> wasmtime::Result<i32> {
+            if counted(&caller, fd) {
+                let bytes = iov_total(&mut caller, iovs, iovs_len);
+                if !charge(&mut caller, bytes) {
+                    return Ok(ERRNO_NOSPC);
+                }
+            }
+            call_real(&mut caller, |ctx, mem| {
+                in_tokio(wasi1::fd_pwrite(ctx, mem, fd, iovs, iovs_len, offset, nwritten))
+            })
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "fd_filestat_set_size",
+        |mut caller: Caller<'_, GuestState>, fd: i32, size: i64| -> wasmtime::Result<i32> {
+            // Extending a file by truncate is charged its full new size.
+            if !charge(&mut caller, Some(size.max(0) as u64)) {
+                return Ok(ERRNO_NOSPC);
+            }
+            call_real(&mut caller, |ctx, mem| {
+                in_tokio(wasi1::fd_filestat_set_size(ctx, mem, fd, size))
+            })
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "fd_renumber",
+        |mut caller: Caller<'_, GuestState>, from: i32, to: i32| -> wasmtime::Result<i32> {
+            if (0..=2).contains(&to) {
+                caller.data_mut().quota.stdio_replaced = true;
+            }
+            call_real(&mut caller, |ctx, mem| in_tokio(wasi1::fd_renumber(ctx, mem, from, to)))
+        },
+    )?;
+    Ok(())
+}
+
+/// Calls the real preview1 implementation, set up exactly as the generated
+/// glue does (guest memory, hostcall fuel).
+fn call_real(
+    caller: &mut Caller<'_, GuestState>,
+    f: impl FnOnce(&mut WasiP1Ctx, &mut GuestMemory<'_>) -> wasmtime::Result<wasmtime::Result<i32>>,
+) -> wasmtime::Result<i32> {
+    let fuel = caller.as_context_mut().hostcall_fuel();
+    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+        return Err(wasmtime::Error::msg("missing required memory export"));
+    };
+    let (data, state) = memory.data_and_store_mut(caller);
+    state.wasi.set_hostcall_fuel(fuel);
+    let mut mem = GuestMemory::Unshared(data);
+    f(&mut state.wasi, &mut mem)?
+}
+
+fn in_tokio<F: std::future::Future>(f: F) -> wasmtime::Result<F::Output> {
+    Ok(wasmtime_wasi::runtime::in_tokio(f))
+}
+
+fn counted(caller: &Caller<'_, GuestState>, fd: i32) -> bool {
+    !(1..=2).contains(&fd) || caller.data().quota.stdio_replaced
+}
+
+/// Charges `bytes` against the quota; false (and nothing charged) if they do
+/// not fit. Unknown sizes (a bad iovec) are left to the real function, which
+/// fails them.
+fn charge(caller: &mut Caller<'_, GuestState>, bytes: Option<u64>) -> bool {
+    let Some(bytes) = bytes else { return true };
+    let quota = &mut caller.data_mut().quota;
+    if bytes > quota.remaining {
+        quota.hit = true;
+        return false;
+    }
+    quota.remaining -= bytes;
+    true
+}
+
+/// Sum of the lengths of an iovec array in guest memory.
+fn iov_total(caller: &mut Caller<'_, GuestState>, iovs: i32, iovs_len: i32) -> Option<u64> {
+    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+        return None;
+    };
+    let data = memory.data(&caller);
+    let start = iovs as u32 as usize;
+    let len = (iovs_len as u32 as usize).checked_mul(8)?;
+    let raw = data.get(start..start.checked_add(len)?)?;
+    Some(
+        raw.chunks_exact(8)
+            .map(|iov| u64::from(u32::from_le_bytes(iov[4..8].try_into().unwrap())))
+            .sum(),
+    )
+}
+
+/// Everything one run needs; built by the provider from the exec request.
+pub struct GuestJob {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub sandbox_dir: PathBuf,
+    pub stdin: Vec<u8>,
+    pub timeout: Duration,
+    pub memory_bytes: usize,
+    pub fuel: u64,
+    pub output_limit: usize,
+    pub disk_remaining: u64,
+}
+
+/// Runs one guest to completion on the current (blocking) thread.
+pub fn run(runtime: &LoadedRuntime, job: GuestJob) -> Result<ExecOutput, ProviderError> {
+    let started = Instant::now();
+    let stdout = CapturePipe::new(job.output_limit);
+    let stderr = CapturePipe::new(job.output_limit);
+    let mut builder = WasiCtxBuilder::new();
+    builder
+        .args(&job.argv)
+        .envs(&job.env)
+        .stdin(MemoryInputPipe::new(job.stdin))
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .allow_blocking_current_thread(true)
+        .preopened_dir(&job.sandbox_dir, "/", FsPerms::ReadWrite)
+        .map_err(|e| ProviderError::Internal(anyhow::Error::from(e).context("cannot preopen the sandbox directory")))?;
+    if let Some(dir) = &runtime.support_dir {
+        builder
+            .preopened_dir(dir, runtime.def.support_guest_dir(), FsPerms::ReadOnly)
+            .map_err(|e| {
+                ProviderError::Internal(anyhow::Error::from(e).context("cannot preopen the runtime support directory"))
+            })?;
+    }
+    let state = GuestState {
+        wasi: builder.build_p1(),
+        limits: StoreLimitsBuilder::new()
+            .memory_size(job.memory_bytes)
+            .instances(1)
+            .build(),
+        quota: Quota {
+            remaining: job.disk_remaining,
+            stdio_replaced: false,
+            hit: false,
+        },
+    };
+    let mut store = Store::new(runtime.pre.module().engine(), state);
+    store.limiter(|s| &mut s.limits);
+    store
+        .set_fuel(job.fuel)
+        .map_err(|e| ProviderError::Internal(anyhow::Error::from(e).context("cannot set fuel")))?;
+    let deadline = started + job.timeout;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            Err(wasmtime::Error::new(DeadlineReached))
+        } else {
+            Ok(UpdateDeadline::Continue(1))
+        }
+    });
+
+    let result = runtime
+        .pre
+        .instantiate(&mut store)
+        .and_then(|instance| instance.get_typed_func::<(), ()>(&mut store, "_start"))
+        .and_then(|start| start.call(&mut store, ()));
+    let (out, out_truncated) = stdout.take();
+    let (err, err_truncated) = stderr.take();
+    let mut output = ExecOutput {
+        exit_code: 0,
+        stdout: out,
+        stderr: err,
+        truncated: out_truncated || err_truncated,
+        duration: started.elapsed(),
+        trap: None,
+    };
+    let Err(error) = result else { return Ok(output) };
+    if let Some(exit) = error.downcast_ref::<I32Exit>() {
+        output.exit_code = exit.0;
+        return Ok(output);
+    }
+    if error.downcast_ref::<DeadlineReached>().is_some() {
+        return Err(ProviderError::Timeout {
+            timeout: job.timeout,
+            partial: Box::new(output),
+        });
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => Err(ProviderError::FuelExhausted {
+            fuel: job.fuel,
+            partial: Box::new(output),
+        }),
+        Some(Trap::Interrupt) => Err(ProviderError::Timeout {
+            timeout: job.timeout,
+            partial: Box::new(output),
+        }),
+        Some(trap) => {
+            // A crash of the guest program, like a signal for a process: a
+            // normal result with the conventional 128+SIGABRT exit code.
+            let reason = match trap {
+                Trap::StackOverflow => "stack_overflow",
+                Trap::MemoryOutOfBounds => "memory_out_of_bounds",
+                Trap::UnreachableCodeReached => "unreachable",
+                Trap::IntegerDivisionByZero => "integer_division_by_zero",
+                Trap::IndirectCallToNull | Trap::BadSignature => "bad_call",
+                _ => "trap",
+            };
+            output.exit_code = 134;
+            output
+                .stderr
+                .extend_from_slice(format!("\nstacyvm: the program crashed: wasm trap: {trap}\n").as_bytes());
+            output.trap = Some(reason.to_string());
+            Ok(output)
+        }
+        None => {
+            let message = format!("{error:#}");
+            if message.contains("memory") && message.contains("limit") || message.contains("exceeds memory limits") {
+                return Err(ProviderError::MemoryLimit {
+                    limit_mb: (job.memory_bytes >> 20) as u64,
+                    partial: Box::new(output),
+                });
+            }
+            Err(ProviderError::Internal(
+                anyhow::Error::from(error).context("guest run failed"),
+            ))
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! The wasm provider: a sandbox is a directory and a registry entry; each
+//! exec is a fresh wasmtime instance of an interpreter from the catalogue,
+//! whose whole world is that directory.
+
+mod command;
+mod engine;
+mod files;
+mod guest;
+mod pipe;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::Semaphore;
+
+use self::engine::{LoadedRuntime, WasmEngine};
+use self::guest::GuestJob;
+use super::{
+    Capabilities, ExecMode, ExecOutput, ExecSpec, FileEntry, Provider, ProviderError, ProviderStatus, SandboxStats,
+};
+use crate::runtime::Catalog;
+use crate::sandbox::Sandbox;
+use crate::sandbox::path::SandboxPath;
+use crate::settings::Settings;
+
+/// Directories every sandbox starts with, as in a container.
+const SKELETON: &[&str] = &["workspace", "tmp"];
+
+pub struct WasmProvider {
+    engine: Arc<WasmEngine>,
+    catalog: Catalog,
+    sandboxes_dir: PathBuf,
+    disk_quota: u64,
+    fuel: u64,
+    output_limit: usize,
+    file_limit: usize,
+    /// Bounds the guests running at once; each holds a blocking thread.
+    slots: Arc<Semaphore>,
+}
+
+impl WasmProvider {
+    pub async fn new(settings: &Settings, catalog: Catalog) -> anyhow::Result<WasmProvider> {
+        let engine = WasmEngine::load(&catalog, &settings.image_dir(), settings.wasm.offline).await?;
+        let sandboxes_dir = settings.data_dir.join("sandboxes");
+        std::fs::create_dir_all(&sandboxes_dir)?;
+        Ok(WasmProvider {
+            engine: Arc::new(engine),
+            catalog,
+            sandboxes_dir,
+            disk_quota: settings.disk_quota_bytes(),
+            fuel: settings.exec.fuel,
+            output_limit: settings.exec.output_limit_bytes,
+            file_limit: settings.http.file_limit_bytes.max(settings.http.body_limit_bytes),
+            slots: Arc::new(Semaphore::new(settings.exec.max_concurrent)),
+        })
+    }
+
+    fn dir(&self, sandbox: &Sandbox) -> PathBuf {
+        self.sandboxes_dir.join(sandbox.id.as_str())
+    }
+
+    /// Runs a blocking file operation on the sandbox's root directory.
+    async fn with_root<T: Send + 'static>(
+        &self,
+        sandbox: &Sandbox,
+        op: impl FnOnce(&cap_std::fs::Dir, &Path) -> Result<T, ProviderError> + Send + 'static,
+    ) -> Result<T, ProviderError> {
+        let dir = self.dir(sandbox);
+        tokio::task::spawn_blocking(move || {
+            let root = files::open_root(&dir)?;
+            op(&root, &dir)
+        })
+        .await
+        .map_err(|e| ProviderError::Internal(e.into()))?
+    }
+
+    /// The runtime and argv an exec runs, or a 127 result for an unknown
+    /// command.
+    fn plan(
+        &self,
+        spec: &ExecSpec,
+    ) -> Result<Result<(Arc<LoadedRuntime>, Vec<String>, Vec<(String, String)>), ExecOutput>, ProviderError> {
+        let (argv, assignments) = match spec.mode {
+            ExecMode::Argv => {
+                let mut argv = vec![spec.command.clone()];
+                argv.extend(spec.args.iter().cloned());
+                (argv, vec![])
+            }
+            ExecMode::Shell => {
+                let parsed = command::parse(&spec.command, &spec.args)
+                    .map_err(|e| ProviderError::InvalidInput(e.to_string()))?;
+                (parsed.argv, parsed.assignments)
+            }
+        };
+        let Some(program) = argv.first().filter(|p| !p.is_empty()) else {
+            return Err(ProviderError::InvalidInput("command is empty".into()));
+        };
+        let Some(def) = self.catalog.runtime_for_command(program) else {
+            return Ok(Err(ExecOutput {
+                exit_code: 127,
+                stderr: format!("sh: {program}: command not found\n").into_bytes(),
+                ..ExecOutput::default()
+            }));
+        };
+        let runtime = self.engine.runtimes[&def.name].clone();
+        let mut guest_argv = vec![def.argv0.clone()];
+        guest_argv.extend(def.argv_prefix.iter().cloned());
+        guest_argv.extend(argv.into_iter().skip(1));
+        Ok(Ok((runtime, guest_argv, assignments)))
+    }
+}
+
+#[async_trait]
+impl Provider for WasmProvider {
+    fn name(&self) -> &'static str {
+        "wasm"
+    }
+
+    fn status(&self) -> ProviderStatus {
+        ProviderStatus {
+            name: "wasm".into(),
+            available: true,
+            reason: None,
+            images: self.catalog.known_image_names(),
+            capabilities: Capabilities {
+                exec: true,
+                files: true,
+                stdin: true,
+                shell: false,
+                preview: false,
+                stats: true,
+                network: false,
+            },
+        }
+    }
+
+    fn resolve_image(&self, requested: Option<&str>) -> Result<String, ProviderError> {
+        match requested {
+            None | Some("") => Ok(self.catalog.default_runtime().images[0].clone()),
+            Some(image) if self.catalog.runtime_for_image(image).is_some() => Ok(image.to_string()),
+            Some(image) => Err(ProviderError::InvalidInput(format!(
+                "unknown wasm image {image:?}; known images: {}",
+                self.catalog.known_image_names().join(", ")
+            ))),
+        }
+    }
+
+    async fn create(&self, sandbox: &Sandbox) -> Result<(), ProviderError> {
+        let dir = self.dir(sandbox);
+        // A handful of mkdirs: cheap enough to do inline on the request path.
+        std::fs::create_dir(&dir)
+            .map_err(|e| ProviderError::Internal(anyhow::anyhow!("cannot create {}: {e}", dir.display())))?;
+        for sub in SKELETON {
+            std::fs::create_dir(dir.join(sub)).map_err(|e| ProviderError::Internal(e.into()))?;
+        }
+        Ok(())
+    }
+
+    async fn destroy(&self, sandbox: &Sandbox) -> Result<(), ProviderError> {
+        let dir = self.dir(sandbox);
+        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+            // remove_dir_all never follows symlinks, so a link to / inside
+            // the sandbox is removed, not walked.
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ProviderError::Internal(anyhow::anyhow!(
+                "cannot remove {}: {e}",
+                dir.display()
+            ))),
+        })
+        .await
+        .map_err(|e| ProviderError::Internal(e.into()))?
+    }
+
+    async fn exists(&self, sandbox: &Sandbox) -> bool {
+        self.dir(sandbox).is_dir()
+    }
+
+    async fn remove_orphans(&self, known: &[Sandbox]) -> anyhow::Result<usize> {
+        let known: std::collections::HashSet<&str> = known.iter().map(|s| s.id.as_str()).collect();
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.sandboxes_dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !known.contains(name.as_str()) {
+                std::fs::remove_dir_all(entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn exec(&self, sandbox: &Sandbox, spec: ExecSpec) -> Result<ExecOutput, ProviderError> {
+        let (runtime, argv, assignments) = match self.plan(&spec)? {
+            Ok(plan) => plan,
+            Err(not_found) => return Ok(not_found),
+        };
+        let dir = self.dir(sandbox);
+        let workdir = spec.workdir.clone();
+        let memory_bytes = (sandbox.memory_mb as usize) << 20;
+        let (fuel, output_limit, quota) = (self.fuel, self.output_limit, self.disk_quota);
+        let _slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| ProviderError::Internal(e.into()))?;
+        tokio::task::spawn_blocking(move || {
+            let root = files::open_root(&dir)?;
+            match root.metadata(workdir.relative()) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(ProviderError::InvalidInput(format!(
+                        "workdir {workdir} is not a directory"
+                    )));
+                }
+                Err(_) => {
+                    return Err(ProviderError::InvalidInput(format!(
+                        "workdir {workdir} does not exist in the sandbox"
+                    )));
+                }
+            }
+            let mut env: BTreeMap<String, String> = BTreeMap::from([
+                ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+                ("HOME".into(), "/workspace".into()),
+                ("TMPDIR".into(), "/tmp".into()),
+                ("LANG".into(), "C.UTF-8".into()),
+            ]);
+            env.extend(runtime.def.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+            env.extend(spec.env);
+            env.extend(assignments);
+            env.insert("PWD".into(), workdir.to_string());
+            let usage = files::disk_usage(&dir);
+            let job = GuestJob {
+                argv,
+                env: env.into_iter().collect(),
+                sandbox_dir: dir,
+                stdin: spec.stdin.unwrap_or_default(),
+                timeout: spec.timeout,
+                memory_bytes,
+                fuel,
+                output_limit,
+                disk_remaining: quota.saturating_sub(usage),
+            };
+            guest::run(&runtime, job)
+        })
+        .await
+        .map_err(|e| ProviderError::Internal(e.into()))?
+    }
+
+    async fn write_file(
+        &self,
+        sandbox: &Sandbox,
+        path: &SandboxPath,
+        data: Vec<u8>,
+        mode: u32,
+    ) -> Result<(), ProviderError> {
+        let (path, quota) = (path.clone(), self.disk_quota);
+        self.with_root(sandbox, move |root, dir| {
+            files::write(root, &path, &data, mode, quota, files::disk_usage(dir))
+        })
+        .await
+    }
+
+    async fn read_file(&self, sandbox: &Sandbox, path: &SandboxPath) -> Result<Vec<u8>, ProviderError> {
+        let (path, limit) = (path.clone(), self.file_limit);
+        self.with_root(sandbox, move |root, _| files::read(root, &path, limit))
+            .await
+    }
+
+    async fn delete_file(&self, sandbox: &Sandbox, path: &SandboxPath, recursive: bool) -> Result<(), ProviderError> {
+        let path = path.clone();
+        self.with_root(sandbox, move |root, _| files::delete(root, &path, recursive))
+            .await
+    }
+
+    async fn list_files(&self, sandbox: &Sandbox, path: &SandboxPath) -> Result<Vec<FileEntry>, ProviderError> {
+        let path = path.clone();
+        self.with_root(sandbox, move |root, _| files::list(root, &path)).await
+    }
+
+    async fn stat_file(&self, sandbox: &Sandbox, path: &SandboxPath) -> Result<FileEntry, ProviderError> {
+        let path = path.clone();
+        self.with_root(sandbox, move |root, _| files::stat(root, &path)).await
+    }
+
+    async fn move_file(&self, sandbox: &Sandbox, from: &SandboxPath, to: &SandboxPath) -> Result<(), ProviderError> {
+        let (from, to) = (from.clone(), to.clone());
+        self.with_root(sandbox, move |root, _| files::rename(root, &from, &to))
+            .await
+    }
+
+    async fn chmod_file(&self, sandbox: &Sandbox, path: &SandboxPath, mode: u32) -> Result<(), ProviderError> {
+        let path = path.clone();
+        self.with_root(sandbox, move |root, _| files::chmod(root, &path, mode))
+            .await
+    }
+
+    async fn glob(&self, sandbox: &Sandbox, pattern: &str) -> Result<Vec<String>, ProviderError> {
+        let pattern = pattern.to_string();
+        self.with_root(sandbox, move |root, _| files::glob(root, &pattern))
+            .await
+    }
+
+    async fn stats(&self, sandbox: &Sandbox) -> Result<SandboxStats, ProviderError> {
+        let limit = self.disk_quota;
+        let mem_limit = sandbox.memory_mb << 20;
+        self.with_root(sandbox, move |_, dir| {
+            Ok(SandboxStats {
+                supported: true,
+                // An idle wasm sandbox runs nothing and holds no memory.
+                cpu_pct: Some(0.0),
+                mem_bytes: Some(0),
+                mem_limit_bytes: Some(mem_limit),
+                disk_bytes: Some(files::disk_usage(dir)),
+                disk_limit_bytes: Some(limit),
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,529 @@
+//! Sandboxes: the service the API calls, the registry, TTL reaping, tenancy.
+
+pub mod id;
+pub mod path;
+pub mod registry;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use self::id::{OwnerId, SandboxId, TenantId};
+use self::path::SandboxPath;
+use self::registry::SandboxRegistry;
+use crate::duration;
+use crate::provider::{
+    ExecMode, ExecOutput, ExecSpec, FileEntry, Provider, ProviderError, ProviderStatus, SandboxStats,
+};
+use crate::settings::Settings;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxState {
+    Creating,
+    Running,
+    Expired,
+    Destroyed,
+    Error,
+}
+
+/// A sandbox as the registry keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sandbox {
+    pub id: SandboxId,
+    pub tenant: TenantId,
+    pub state: SandboxState,
+    pub provider: String,
+    pub image: String,
+    pub memory_mb: u64,
+    pub vcpus: u32,
+    pub created_at: SystemTime,
+    pub expires_at: SystemTime,
+    pub metadata: BTreeMap<String, String>,
+    pub owner_id: Option<String>,
+}
+
+/// Errors of the sandbox service, in domain terms.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("sandbox {0} not found")]
+    SandboxNotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    ResourceLimit(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+}
+
+/// A validated create request.
+#[derive(Debug, Clone, Default)]
+pub struct CreateSandbox {
+    pub image: Option<String>,
+    pub provider: Option<String>,
+    pub memory_mb: Option<u64>,
+    pub vcpus: Option<u32>,
+    pub ttl: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub owner_id: Option<OwnerId>,
+}
+
+/// An exec request as received, before limits are applied.
+#[derive(Debug, Clone, Default)]
+pub struct ExecRequest {
+    pub command: String,
+    pub args: Vec<String>,
+    pub mode: ExecMode,
+    pub env: BTreeMap<String, String>,
+    pub workdir: Option<String>,
+    pub timeout: Option<String>,
+    pub stdin: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub owner_id: Option<String>,
+    pub provider: Option<String>,
+    pub state: Option<String>,
+}
+
+/// Exec history kept per sandbox for `GET /logs`.
+const HISTORY_LINES: usize = 200;
+/// Metadata bounds: enough for labels, too small to use as storage.
+const MAX_METADATA_ENTRIES: usize = 64;
+const MAX_METADATA_BYTES: usize = 16 * 1024;
+
+pub struct SandboxService {
+    registry: SandboxRegistry,
+    providers: HashMap<&'static str, Arc<dyn Provider>>,
+    settings: Arc<Settings>,
+    history: Mutex<HashMap<SandboxId, VecDeque<String>>>,
+}
+
+impl SandboxService {
+    /// Opens the registry and reconciles it with what the providers hold:
+    /// entries whose resources are gone are dropped, resources with no entry
+    /// are removed, and whatever expired while the server was down is reaped.
+    pub async fn start(settings: Arc<Settings>, providers: Vec<Arc<dyn Provider>>) -> anyhow::Result<SandboxService> {
+        std::fs::create_dir_all(&settings.data_dir)?;
+        let (registry, loaded) = SandboxRegistry::open(&settings.data_dir.join("registry.db"))?;
+        let providers: HashMap<_, _> = providers.into_iter().map(|p| (p.name(), p)).collect();
+        let service = SandboxService {
+            registry,
+            providers,
+            settings,
+            history: Mutex::default(),
+        };
+        let mut kept = vec![];
+        for sb in loaded {
+            let exists = match service.providers.get(sb.provider.as_str()) {
+                Some(p) => p.exists(&sb).await,
+                None => false,
+            };
+            if exists {
+                service.registry.put(&sb)?;
+                kept.push(sb);
+            } else {
+                tracing::info!(id = %sb.id, "dropping registry entry whose resources are gone");
+                service.registry.remove(&sb.id)?;
+            }
+        }
+        for provider in service.providers.values() {
+            let mine: Vec<Sandbox> = kept.iter().filter(|s| s.provider == provider.name()).cloned().collect();
+            let removed = provider.remove_orphans(&mine).await?;
+            if removed > 0 {
+                tracing::info!(
+                    provider = provider.name(),
+                    removed,
+                    "removed orphaned sandbox resources"
+                );
+            }
+        }
+        let reaped = service.reap_expired().await;
+        tracing::info!(recovered = kept.len() - reaped, reaped, "sandbox registry loaded");
+        Ok(service)
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn provider(&self, name: &str) -> Result<&Arc<dyn Provider>, ServiceError> {
+        self.providers.get(name).ok_or_else(|| {
+            ServiceError::BadRequest(format!("unknown provider {name:?}; known providers: wasm, docker"))
+        })
+    }
+
+    pub fn provider_statuses(&self) -> Vec<(ProviderStatus, bool)> {
+        let mut out: Vec<_> = self
+            .providers
+            .values()
+            .map(|p| (p.status(), p.name() == self.settings.providers.default))
+            .collect();
+        out.sort_by(|a, b| b.0.name.cmp(&a.0.name));
+        out
+    }
+
+    pub fn any_provider_available(&self) -> bool {
+        self.providers.values().any(|p| p.status().available)
+    }
+
+    fn parse_ttl(&self, ttl: &str) -> Result<Duration, ServiceError> {
+        let ttl = duration::parse_positive(ttl).map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        let max = self.settings.sandbox.max_ttl;
+        if ttl > max {
+            return Err(ServiceError::ResourceLimit(format!(
+                "ttl {} is above the maximum of {}",
+                duration::format(ttl),
+                duration::format(max)
+            )));
+        }
+        Ok(ttl)
+    }
+
+    pub async fn create(&self, tenant: &TenantId, req: CreateSandbox) -> Result<Sandbox, ServiceError> {
+        let s = &self.settings.sandbox;
+        let provider_name = req.provider.as_deref().unwrap_or(&self.settings.providers.default);
+        let provider = self.provider(provider_name)?.clone();
+        let ttl = match &req.ttl {
+            Some(t) => self.parse_ttl(t)?,
+            None => s.default_ttl,
+        };
+        let memory_mb = req.memory_mb.unwrap_or(s.default_memory_mb);
+        if memory_mb == 0 {
+            return Err(ServiceError::BadRequest("memory_mb must be positive".into()));
+        }
+        if memory_mb > s.max_memory_mb {
+            return Err(ServiceError::ResourceLimit(format!(
+                "memory_mb {memory_mb} is above the maximum of {}",
+                s.max_memory_mb
+            )));
+        }
+        if provider_name == "wasm" && memory_mb > 4096 {
+            return Err(ServiceError::BadRequest(
+                "memory_mb above 4096 cannot be given to a wasm32 guest".into(),
+            ));
+        }
+        let vcpus = req.vcpus.unwrap_or(1);
+        if vcpus == 0 {
+            return Err(ServiceError::BadRequest("vcpus must be positive".into()));
+        }
+        if vcpus > s.max_vcpus {
+            return Err(ServiceError::ResourceLimit(format!(
+                "vcpus {vcpus} is above the maximum of {}",
+                s.max_vcpus
+            )));
+        }
+        validate_metadata(&req.metadata)?;
+        let image = provider.resolve_image(req.image.as_deref())?;
+        if self.registry.count(|sb| &sb.tenant == tenant) >= s.max_per_tenant {
+            return Err(ServiceError::ResourceLimit(format!(
+                "this tenant already has the maximum of {} sandboxes",
+                s.max_per_tenant
+            )));
+        }
+        let now = SystemTime::now();
+        let sandbox = Sandbox {
+            id: SandboxId::generate(),
+            tenant: tenant.clone(),
+            state: SandboxState::Running,
+            provider: provider.name().to_string(),
+            image,
+            memory_mb,
+            vcpus,
+            created_at: now,
+            expires_at: now + ttl,
+            metadata: req.metadata,
+            owner_id: req.owner_id.map(OwnerId::into_string),
+        };
+        provider.create(&sandbox).await?;
+        if let Err(e) = self.registry.put(&sandbox) {
+            provider.destroy(&sandbox).await.ok();
+            return Err(ProviderError::Internal(e).into());
+        }
+        tracing::info!(id = %sandbox.id, provider = %sandbox.provider, image = %sandbox.image, "sandbox created");
+        Ok(sandbox)
+    }
+
+    /// The sandbox, if it exists and belongs to `tenant`; another tenant's
+    /// sandbox is indistinguishable from a missing one.
+    pub fn get(&self, tenant: &TenantId, id: &str) -> Result<Sandbox, ServiceError> {
+        SandboxId::parse(id)
+            .and_then(|id| self.registry.get(&id))
+            .filter(|sb| &sb.tenant == tenant)
+            .ok_or_else(|| ServiceError::SandboxNotFound(id.to_string()))
+    }
+
+    pub fn list(&self, tenant: &TenantId, filter: &ListFilter) -> Vec<Sandbox> {
+        let mut list = self.registry.filter(|sb| {
+            &sb.tenant == tenant
+                && filter.owner_id.as_ref().is_none_or(|o| sb.owner_id.as_ref() == Some(o))
+                && filter.provider.as_ref().is_none_or(|p| &sb.provider == p)
+                && filter.state.as_ref().is_none_or(|s| {
+                    serde_json::to_value(sb.state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .as_deref()
+                        == Some(s)
+                })
+        });
+        list.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
+        list
+    }
+
+    /// Destroys the sandbox if the tenant has it. Idempotent: an unknown id
+    /// is already destroyed.
+    pub async fn destroy(&self, tenant: &TenantId, id: &str) -> Result<(), ServiceError> {
+        match self.get(tenant, id) {
+            Ok(sb) => self.destroy_sandbox(&sb).await,
+            Err(_) => Ok(()),
+        }
+    }
+
+    async fn destroy_sandbox(&self, sb: &Sandbox) -> Result<(), ServiceError> {
+        if let Some(provider) = self.providers.get(sb.provider.as_str()) {
+            provider.destroy(sb).await?;
+        }
+        self.registry.remove(&sb.id).map_err(ProviderError::Internal)?;
+        self.history.lock().unwrap().remove(&sb.id);
+        tracing::info!(id = %sb.id, "sandbox destroyed");
+        Ok(())
+    }
+
+    pub fn extend(&self, tenant: &TenantId, id: &str, ttl: &str) -> Result<Sandbox, ServiceError> {
+        let mut sb = self.get(tenant, id)?;
+        let ttl = self.parse_ttl(ttl)?;
+        sb.expires_at = SystemTime::now() + ttl;
+        self.registry.put(&sb).map_err(ProviderError::Internal)?;
+        Ok(sb)
+    }
+
+    /// Destroys every expired sandbox; returns how many.
+    pub async fn reap_expired(&self) -> usize {
+        let now = SystemTime::now();
+        let expired = self.registry.filter(|sb| sb.expires_at <= now);
+        let mut reaped = 0;
+        for sb in expired {
+            match self.destroy_sandbox(&sb).await {
+                Ok(()) => {
+                    reaped += 1;
+                    tracing::info!(id = %sb.id, "sandbox expired and was destroyed");
+                }
+                Err(e) => tracing::warn!(id = %sb.id, "cannot destroy expired sandbox: {e}"),
+            }
+        }
+        reaped
+    }
+
+    pub async fn exec(&self, tenant: &TenantId, id: &str, req: ExecRequest) -> Result<ExecOutput, ServiceError> {
+        let sb = self.get(tenant, id)?;
+        if sb.state != SandboxState::Running {
+            return Err(ServiceError::Conflict(format!("sandbox {} is not running", sb.id)));
+        }
+        let e = &self.settings.exec;
+        let timeout = match req.timeout.as_deref() {
+            Some(t) => duration::parse_positive(t).map_err(|e| ServiceError::BadRequest(e.to_string()))?,
+            None => e.default_timeout,
+        };
+        if timeout > e.max_timeout {
+            return Err(ServiceError::ResourceLimit(format!(
+                "timeout {} is above the maximum of {}",
+                duration::format(timeout),
+                duration::format(e.max_timeout)
+            )));
+        }
+        if req.command.trim().is_empty() {
+            return Err(ServiceError::BadRequest("command is empty".into()));
+        }
+        for key in req.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(ServiceError::BadRequest(format!(
+                    "invalid environment variable name {key:?}"
+                )));
+            }
+        }
+        let workdir = SandboxPath::parse(req.workdir.as_deref().unwrap_or(path::WORKSPACE))
+            .map_err(|e| ServiceError::BadRequest(format!("workdir: {e}")))?;
+        let summary = summarize(&req.command, &req.args);
+        let spec = ExecSpec {
+            mode: req.mode,
+            command: req.command,
+            args: req.args,
+            env: req.env,
+            workdir,
+            timeout,
+            stdin: req.stdin,
+        };
+        let provider = self.provider(&sb.provider)?;
+        let result = provider.exec(&sb, spec).await;
+        let outcome = match &result {
+            Ok(out) => format!("exit {} in {}", out.exit_code, duration::format(out.duration)),
+            Err(ProviderError::Timeout { .. }) => "timed out".into(),
+            Err(e) => format!("failed: {e}"),
+        };
+        self.record(
+            &sb.id,
+            format!(
+                "{} exec {summary}: {outcome}",
+                humantime::format_rfc3339_seconds(SystemTime::now())
+            ),
+        );
+        Ok(result?)
+    }
+
+    fn record(&self, id: &SandboxId, line: String) {
+        let mut history = self.history.lock().unwrap();
+        let lines = history.entry(id.clone()).or_default();
+        if lines.len() == HISTORY_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(line);
+    }
+
+    pub fn logs(&self, tenant: &TenantId, id: &str, lines: usize) -> Result<Vec<String>, ServiceError> {
+        let sb = self.get(tenant, id)?;
+        let history = self.history.lock().unwrap();
+        let all = history
+            .get(&sb.id)
+            .map(|l| l.iter().cloned().collect::<Vec<_>>())
+            .unwrap_or_default();
+        Ok(all[all.len().saturating_sub(lines)..].to_vec())
+    }
+
+    pub async fn stats(&self, tenant: &TenantId, id: &str) -> Result<SandboxStats, ServiceError> {
+        let sb = self.get(tenant, id)?;
+        Ok(self.provider(&sb.provider)?.stats(&sb).await?)
+    }
+
+    /// Resolves the sandbox and its provider for a files operation.
+    pub fn files(&self, tenant: &TenantId, id: &str) -> Result<(Sandbox, Arc<dyn Provider>), ServiceError> {
+        let sb = self.get(tenant, id)?;
+        let provider = self.provider(&sb.provider)?.clone();
+        Ok((sb, provider))
+    }
+
+    pub fn disk_quota_bytes(&self) -> u64 {
+        self.settings.disk_quota_bytes()
+    }
+}
+
+/// Files operations go straight to the provider once the sandbox is found.
+impl SandboxService {
+    pub async fn write_file(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        path: &str,
+        data: Vec<u8>,
+        mode: u32,
+    ) -> Result<(), ServiceError> {
+        let (sb, p) = self.files(tenant, id)?;
+        Ok(p.write_file(&sb, &parse_path(path)?, data, mode).await?)
+    }
+    pub async fn read_file(&self, tenant: &TenantId, id: &str, path: &str) -> Result<Vec<u8>, ServiceError> {
+        let (sb, p) = self.files(tenant, id)?;
+        Ok(p.read_file(&sb, &parse_path(path)?).await?)
+    }
+    pub async fn delete_file(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        path: &str,
+        recursive: bool,
+    ) -> Result<(), ServiceError> {
+        let (sb, p) = self.files(tenant, id)?;
+        Ok(p.delete_file(&sb, &parse_path(path)?, recursive).await?)
+    }
+    pub async fn list_files(&self, tenant: &TenantId, id: &str, path: &str) -> Result<Vec<FileEntry>, ServiceError> {
+        let (sb, p) = self.files(tenant, id)?;
+        Ok(p.list_files(&sb, &parse_path(path)?).await?)
+    }
+    pub async fn stat_file(&self, tenant: &TenantId, id: &str, path: &str) -> Result<FileEntry, ServiceError> {
+        let (sb, p) = self.files(tenant, id)?;
+        Ok(p.stat_file(&sb, &parse_path(path)?).await?)
+    }
+    pub async fn move_file(&self, tenant: &TenantId, id: &str, from: &str, to: &str) -> Result<(), ServiceError> {
+        let (sb, p) = self.files(tenant, id)?;
+        Ok(p.move_file(&sb, &parse_path(from)?, &parse_path(to)?).await?)
+    }
+    pub async fn chmod_file(&self, tenant: &TenantId, id: &str, path: &str, mode: &str) -> Result<(), ServiceError> {
+        let (sb, p) = self.files(tenant, id)?;
+        let mode = parse_mode(mode)?;
+        Ok(p.chmod_file(&sb, &parse_path(path)?, mode).await?)
+    }
+    pub async fn glob(&self, tenant: &TenantId, id: &str, pattern: &str) -> Result<Vec<String>, ServiceError> {
+        let (sb, p) = self.files(tenant, id)?;
+        if pattern.is_empty() {
+            return Err(ServiceError::BadRequest("pattern is empty".into()));
+        }
+        Ok(p.glob(&sb, pattern).await?)
+    }
+}
+
+fn parse_path(path: &str) -> Result<SandboxPath, ServiceError> {
+    SandboxPath::parse(path).map_err(|e| ServiceError::BadRequest(e.to_string()))
+}
+
+/// Parses an octal permission string such as `"0644"` or `"755"`.
+pub fn parse_mode(mode: &str) -> Result<u32, ServiceError> {
+    let bad = || ServiceError::BadRequest(format!("mode {mode:?} is not an octal permission such as \"0644\""));
+    let digits = mode.strip_prefix("0o").unwrap_or(mode);
+    if digits.is_empty() || digits.len() > 4 {
+        return Err(bad());
+    }
+    let value = u32::from_str_radix(digits, 8).map_err(|_| bad())?;
+    if value > 0o7777 {
+        return Err(bad());
+    }
+    Ok(value)
+}
+
+fn validate_metadata(metadata: &BTreeMap<String, String>) -> Result<(), ServiceError> {
+    if metadata.len() > MAX_METADATA_ENTRIES {
+        return Err(ServiceError::BadRequest(format!(
+            "metadata has more than {MAX_METADATA_ENTRIES} entries"
+        )));
+    }
+    let size: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > MAX_METADATA_BYTES {
+        return Err(ServiceError::BadRequest(format!(
+            "metadata is larger than {MAX_METADATA_BYTES} bytes"
+        )));
+    }
+    if metadata.keys().any(|k| k.is_empty()) {
+        return Err(ServiceError::BadRequest("metadata keys must not be empty".into()));
+    }
+    Ok(())
+}
+
+/// A short one-line form of a command for the exec history.
+fn summarize(command: &str, args: &[String]) -> String {
+    let mut s = command.replace('\n', " ");
+    for a in args {
+        s.push(' ');
+        s.push_str(a);
+    }
+    if s.chars().count() > 120 {
+        s = s.chars().take(117).collect::<String>() + "...";
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_as_octal_permissions() {
+        assert_eq!(parse_mode("0644").unwrap(), 0o644);
+        assert_eq!(parse_mode("755").unwrap(), 0o755);
+        assert_eq!(parse_mode("0o700").unwrap(), 0o700);
+        for bad in ["", "rwx", "0999", "77777", "-1"] {
+            assert!(matches!(parse_mode(bad), Err(ServiceError::BadRequest(_))), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,491 @@
+//! Layered settings: built-in defaults, then an optional `stacyvm.toml`, then
+//! `STACYVM_*` environment variables, then command-line flags. Everything is
+//! validated before the server binds.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Deserializer};
+
+use crate::duration;
+
+/// All of the server's configuration, in one typed value.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address to listen on.
+    pub bind: SocketAddr,
+    /// Where everything the server writes lives: images, compile cache,
+    /// sandboxes and the registry.
+    pub data_dir: PathBuf,
+    pub auth: AuthSettings,
+    pub providers: ProviderSettings,
+    pub sandbox: SandboxSettings,
+    pub exec: ExecSettings,
+    pub http: HttpSettings,
+    pub wasm: WasmSettings,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    pub keys: Vec<ApiKey>,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    pub key: Secret,
+    pub tenant: String,
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("key", &self.key)
+            .field("tenant", &self.tenant)
+            .finish()
+    }
+}
+
+/// A secret string whose `Debug` never prints it.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderSettings {
+    /// The provider used when a create request names none.
+    pub default: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxSettings {
+    #[serde(deserialize_with = "go_duration")]
+    pub default_ttl: Duration,
+    #[serde(deserialize_with = "go_duration")]
+    pub max_ttl: Duration,
+    /// Live sandboxes one tenant may hold at once.
+    pub max_per_tenant: usize,
+    pub default_memory_mb: u64,
+    pub max_memory_mb: u64,
+    pub max_vcpus: u32,
+    /// Disk space one sandbox's files may take, in MiB.
+    pub disk_quota_mb: u64,
+    /// How often the reaper looks for expired sandboxes.
+    #[serde(deserialize_with = "go_duration")]
+    pub reap_interval: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecSettings {
+    #[serde(deserialize_with = "go_duration")]
+    pub default_timeout: Duration,
+    #[serde(deserialize_with = "go_duration")]
+    pub max_timeout: Duration,
+    /// Bytes kept of each of stdout and stderr; the rest is dropped and the
+    /// result says `truncated`.
+    pub output_limit_bytes: usize,
+    /// wasm fuel one exec may burn (CPU budget); it cannot be switched off.
+    pub fuel: u64,
+    /// Guests running at once; further execs wait for a slot.
+    pub max_concurrent: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Largest JSON request body, which includes base64 file uploads.
+    pub body_limit_bytes: usize,
+    /// Largest raw file upload through `PUT /files`.
+    pub file_limit_bytes: usize,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WasmSettings {
+    /// Where downloaded wasm images and their compile cache live; defaults
+    /// to `<data_dir>/images`. Servers may share one.
+    pub image_dir: Option<PathBuf>,
+    /// Read runtime definitions and image manifests from this directory
+    /// (holding `runtimes/` and `wasm-images/`) instead of the built-in ones.
+    pub catalog_dir: Option<PathBuf>,
+    /// Never download images; fail if one is missing.
+    pub offline: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            bind: SocketAddr::from(([127, 0, 0, 1], 7423)),
+            data_dir: PathBuf::from("stacyvm-data"),
+            auth: AuthSettings::default(),
+            providers: ProviderSettings::default(),
+            sandbox: SandboxSettings::default(),
+            exec: ExecSettings::default(),
+            http: HttpSettings::default(),
+            wasm: WasmSettings::default(),
+        }
+    }
+}
+
+impl Default for ProviderSettings {
+    fn default() -> Self {
+        ProviderSettings { default: "wasm".into() }
+    }
+}
+
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        SandboxSettings {
+            default_ttl: Duration::from_secs(30 * 60),
+            max_ttl: Duration::from_secs(24 * 3600),
+            max_per_tenant: 10_000,
+            default_memory_mb: 512,
+            max_memory_mb: 8192,
+            max_vcpus: 16,
+            disk_quota_mb: 512,
+            // One second keeps expiry prompt while costing one map scan.
+            reap_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Default for ExecSettings {
+    fn default() -> Self {
+        ExecSettings {
+            default_timeout: Duration::from_secs(30),
+            max_timeout: Duration::from_secs(10 * 60),
+            // 1 MiB per stream: plenty for an agent to read, small enough
+            // that a flood cannot balloon the server.
+            output_limit_bytes: 1 << 20,
+            // CPython burns about 6 G fuel a second here, so 600 G is about
+            // 100 s of pure computation: above the default timeout, so the
+            // wall clock normally stops a guest first.
+            fuel: 600_000_000_000,
+            // Each guest may hold up to its memory limit; 32 at once bounds
+            // the worst case while keeping a 2-core box busy.
+            max_concurrent: 32,
+        }
+    }
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            body_limit_bytes: 16 << 20,
+            file_limit_bytes: 64 << 20,
+        }
+    }
+}
+
+fn go_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    duration::parse(&s).map_err(serde::de::Error::custom)
+}
+
+/// Values given on the command line; each has a `STACYVM_` twin that clap
+/// reads, so "flag beats environment" comes for free.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub bind: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Loads the layers in order: defaults, file, environment, flags.
+    pub fn load(overrides: &Overrides) -> anyhow::Result<Settings> {
+        let mut settings = match &overrides.config {
+            Some(path) => Self::from_file(path)?,
+            None if Path::new("stacyvm.toml").exists() => Self::from_file(Path::new("stacyvm.toml"))?,
+            None => Settings::default(),
+        };
+        settings.apply_env(|name| std::env::var(name).ok())?;
+        if let Some(bind) = overrides.bind {
+            settings.bind = bind;
+        }
+        if let Some(dir) = &overrides.data_dir {
+            settings.data_dir = dir.clone();
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn from_file(path: &Path) -> anyhow::Result<Settings> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::from_toml(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    pub fn from_toml(text: &str) -> anyhow::Result<Settings> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// Applies `STACYVM_*` variables. `lookup` is injectable for tests.
+    pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        fn num<T: std::str::FromStr>(name: &str, v: &str) -> anyhow::Result<T> {
+            v.trim()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{name}={v:?} is not a valid number"))
+        }
+        fn dur(name: &str, v: &str) -> anyhow::Result<Duration> {
+            duration::parse(v).with_context(|| format!("{name} is invalid"))
+        }
+        let get = |name: &str| lookup(name).filter(|v| !v.is_empty());
+        if let Some(v) = get("STACYVM_BIND") {
+            self.bind = v
+                .parse()
+                .map_err(|_| anyhow::anyhow!("STACYVM_BIND={v:?} is not an ADDR:PORT"))?;
+        }
+        if let Some(v) = get("STACYVM_DATA_DIR") {
+            self.data_dir = v.into();
+        }
+        if let Some(v) = get("STACYVM_DEFAULT_PROVIDER") {
+            self.providers.default = v;
+        }
+        if let Some(v) = get("STACYVM_API_KEYS") {
+            // `key:tenant,key:tenant`, for deployments that keep secrets in
+            // the environment rather than a file.
+            self.auth.keys = v
+                .split(',')
+                .filter(|p| !p.trim().is_empty())
+                .map(|pair| {
+                    let (key, tenant) = pair
+                        .trim()
+                        .split_once(':')
+                        .ok_or_else(|| anyhow::anyhow!("STACYVM_API_KEYS entries must be key:tenant"))?;
+                    Ok(ApiKey {
+                        key: Secret::new(key),
+                        tenant: tenant.to_string(),
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?;
+        }
+        let s = &mut self.sandbox;
+        if let Some(v) = get("STACYVM_DEFAULT_TTL") {
+            s.default_ttl = dur("STACYVM_DEFAULT_TTL", &v)?;
+        }
+        if let Some(v) = get("STACYVM_MAX_TTL") {
+            s.max_ttl = dur("STACYVM_MAX_TTL", &v)?;
+        }
+        if let Some(v) = get("STACYVM_MAX_SANDBOXES") {
+            s.max_per_tenant = num("STACYVM_MAX_SANDBOXES", &v)?;
+        }
+        if let Some(v) = get("STACYVM_DISK_QUOTA_MB") {
+            s.disk_quota_mb = num("STACYVM_DISK_QUOTA_MB", &v)?;
+        }
+        if let Some(v) = get("STACYVM_REAP_INTERVAL") {
+            s.reap_interval = dur("STACYVM_REAP_INTERVAL", &v)?;
+        }
+        let e = &mut self.exec;
+        if let Some(v) = get("STACYVM_DEFAULT_TIMEOUT") {
+            e.default_timeout = dur("STACYVM_DEFAULT_TIMEOUT", &v)?;
+        }
+        if let Some(v) = get("STACYVM_MAX_TIMEOUT") {
+            e.max_timeout = dur("STACYVM_MAX_TIMEOUT", &v)?;
+        }
+        if let Some(v) = get("STACYVM_OUTPUT_LIMIT") {
+            e.output_limit_bytes = num("STACYVM_OUTPUT_LIMIT", &v)?;
+        }
+        if let Some(v) = get("STACYVM_FUEL") {
+            e.fuel = num("STACYVM_FUEL", &v)?;
+        }
+        if let Some(v) = get("STACYVM_MAX_CONCURRENT_EXECS") {
+            e.max_concurrent = num("STACYVM_MAX_CONCURRENT_EXECS", &v)?;
+        }
+        if let Some(v) = get("STACYVM_BODY_LIMIT") {
+            self.http.body_limit_bytes = num("STACYVM_BODY_LIMIT", &v)?;
+        }
+        if let Some(v) = get("STACYVM_FILE_LIMIT") {
+            self.http.file_limit_bytes = num("STACYVM_FILE_LIMIT", &v)?;
+        }
+        if let Some(v) = get("STACYVM_IMAGE_DIR") {
+            self.wasm.image_dir = Some(v.into());
+        }
+        if let Some(v) = get("STACYVM_CATALOG_DIR") {
+            self.wasm.catalog_dir = Some(v.into());
+        }
+        if let Some(v) = get("STACYVM_OFFLINE") {
+            self.wasm.offline = matches!(v.as_str(), "1" | "true" | "yes");
+        }
+        Ok(())
+    }
+
+    /// Refuses settings that could not work, naming the setting.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !["wasm", "docker"].contains(&self.providers.default.as_str()) {
+            bail!(
+                "providers.default must be \"wasm\" or \"docker\", not {:?}",
+                self.providers.default
+            );
+        }
+        let s = &self.sandbox;
+        if s.default_ttl.is_zero() || s.max_ttl.is_zero() {
+            bail!("sandbox.default_ttl and sandbox.max_ttl must be positive");
+        }
+        if s.default_ttl > s.max_ttl {
+            bail!("sandbox.default_ttl is above sandbox.max_ttl");
+        }
+        if s.default_memory_mb == 0 || s.default_memory_mb > s.max_memory_mb {
+            bail!("sandbox.default_memory_mb must be between 1 and sandbox.max_memory_mb");
+        }
+        // wasm32 linear memory cannot exceed 4 GiB.
+        if s.max_memory_mb > 1 << 20 {
+            bail!("sandbox.max_memory_mb is unreasonably large");
+        }
+        if s.max_per_tenant == 0 || s.disk_quota_mb == 0 || s.max_vcpus == 0 {
+            bail!("sandbox.max_per_tenant, sandbox.disk_quota_mb and sandbox.max_vcpus must be positive");
+        }
+        if s.reap_interval.is_zero() {
+            bail!("sandbox.reap_interval must be positive");
+        }
+        let e = &self.exec;
+        if e.default_timeout.is_zero() || e.default_timeout > e.max_timeout {
+            bail!("exec.default_timeout must be positive and at most exec.max_timeout");
+        }
+        if e.fuel == 0 {
+            bail!("exec.fuel must be positive: fuel metering cannot be switched off");
+        }
+        if e.output_limit_bytes == 0 || e.max_concurrent == 0 {
+            bail!("exec.output_limit_bytes and exec.max_concurrent must be positive");
+        }
+        if self.http.body_limit_bytes < 1024 || self.http.file_limit_bytes < 1024 {
+            bail!("http.body_limit_bytes and http.file_limit_bytes must be at least 1024");
+        }
+        let mut seen = HashSet::new();
+        for key in &self.auth.keys {
+            if key.key.expose().len() < 8 {
+                bail!("an API key for tenant {:?} is shorter than 8 characters", key.tenant);
+            }
+            if key.tenant.trim().is_empty() {
+                bail!("every API key needs a non-empty tenant");
+            }
+            if !seen.insert(key.key.expose().to_string()) {
+                bail!("an API key is listed twice");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn auth_enabled(&self) -> bool {
+        !self.auth.keys.is_empty()
+    }
+
+    pub fn image_dir(&self) -> PathBuf {
+        self.wasm
+            .image_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("images"))
+    }
+
+    pub fn disk_quota_bytes(&self) -> u64 {
+        self.sandbox.disk_quota_mb * 1024 * 1024
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bind_loopback_7423() {
+        let s = Settings::default();
+        s.validate().unwrap();
+        assert_eq!(s.bind.to_string(), "127.0.0.1:7423");
+        assert_eq!(s.providers.default, "wasm");
+        assert!(!s.auth_enabled());
+    }
+
+    #[test]
+    fn the_operator_contract_toml_parses() {
+        let s = Settings::from_toml(
+            r#"
+            [[auth.keys]]
+            key = "sk_test_alpha"
+            tenant = "alpha"
+
+            [providers]
+            default = "docker"
+
+            [sandbox]
+            max_ttl = "1h30m"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(s.auth.keys[0].key.expose(), "sk_test_alpha");
+        assert_eq!(s.auth.keys[0].tenant, "alpha");
+        assert_eq!(s.providers.default, "docker");
+        assert_eq!(s.sandbox.max_ttl, Duration::from_secs(5400));
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_durations_are_refused() {
+        assert!(Settings::from_toml("bnid = \"x\"").is_err());
+        let err = Settings::from_toml("[sandbox]\nmax_ttl = \"forever\"").unwrap_err();
+        assert!(format!("{err:#}").contains("invalid duration \"forever\""), "{err:#}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let mut s = Settings::from_toml("[exec]\nmax_timeout = \"1m\"").unwrap();
+        s.apply_env(|name| match name {
+            "STACYVM_MAX_TIMEOUT" => Some("2m".into()),
+            "STACYVM_BIND" => Some("0.0.0.0:9000".into()),
+            "STACYVM_API_KEYS" => Some("sk_one_secret:one,sk_two_secret:two".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(s.exec.max_timeout, Duration::from_secs(120));
+        assert_eq!(s.bind.to_string(), "0.0.0.0:9000");
+        assert_eq!(s.auth.keys.len(), 2);
+        assert_eq!(s.auth.keys[1].tenant, "two");
+    }
+
+    #[test]
+    fn invalid_combinations_are_refused_before_binding() {
+        let mut s = Settings::default();
+        s.sandbox.default_ttl = Duration::from_secs(48 * 3600);
+        assert_eq!(
+            s.validate().unwrap_err().to_string(),
+            "sandbox.default_ttl is above sandbox.max_ttl"
+        );
+        let mut s = Settings::default();
+        s.exec.fuel = 0;
+        assert!(s.validate().unwrap_err().to_string().contains("fuel metering"));
+        let mut s = Settings::default();
+        s.providers.default = "firecracker".into();
+        assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_output() {
+        let s = Settings::from_toml("[[auth.keys]]\nkey = \"sk_super_secret\"\ntenant = \"t\"").unwrap();
+        let printed = format!("{s:?}");
+        assert!(!printed.contains("sk_super_secret"));
+        assert!(printed.contains("Secret(***)"));
+    }
+}

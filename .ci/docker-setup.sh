@@ -35,10 +35,13 @@ die()  { printf '[docker-setup] ERROR: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "must run as root"
 
-# Serialise concurrent runs (e.g. two CI steps racing).
-exec 9>/tmp/stacyvm-docker-setup.lock
+# Serialise concurrent runs (e.g. two CI steps racing).  fd 9 is closed for
+# dockerd below, so the long-lived daemon never holds this lock.
+LOCK_FILE=/run/lock/stacyvm-docker-setup.lock
+mkdir -p "$(dirname "$LOCK_FILE")"
+exec 9>"$LOCK_FILE"
 if command -v flock >/dev/null 2>&1; then
-    flock 9
+    flock -w 900 9 || die "timed out waiting for $LOCK_FILE (another docker-setup.sh running?)"
 fi
 
 # Temp dirs to remove on exit (unmounting anything debootstrap left behind).
@@ -154,7 +157,7 @@ start_daemon() {
         } >>"$DOCKERD_LOG"
         # shellcheck disable=SC2086  # word splitting of flag strings is intended
         setsid nohup "$DOCKERD" --host=unix:///var/run/docker.sock $flags ${DOCKERD_EXTRA_FLAGS:-} \
-            </dev/null >>"$DOCKERD_LOG" 2>&1 &
+            </dev/null >>"$DOCKERD_LOG" 2>&1 9>&- &
         pid=$!
         rc=0; wait_for_daemon "$pid" "$deadline" || rc=$?
         case "$rc" in

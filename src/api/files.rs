@@ -46,7 +46,6 @@ fn required(path: Option<String>, name: &str) -> Result<String, ApiError> {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct WriteBody {
     path: String,
     content: String,
@@ -150,7 +149,6 @@ async fn stat(
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct MoveBody {
     old_path: String,
     new_path: String,
@@ -169,7 +167,6 @@ async fn rename(
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ChmodBody {
     path: String,
     mode: String,

@@ -63,7 +63,6 @@ impl From<Sandbox> for SandboxView {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct CreateBody {
     image: Option<String>,
     provider: Option<String>,
@@ -149,7 +148,6 @@ async fn destroy(State(state): State<AppState>, caller: Caller, Path(id): Path<S
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ExtendBody {
     ttl: String,
 }
@@ -164,7 +162,6 @@ async fn extend(
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ExecBody {
     command: String,
     #[serde(default)]

@@ -164,7 +164,13 @@ fn extract_member(manifest: &ImageManifest, source: &ImageSource, package: &[u8]
 
 /// Writes to a temporary file beside `dest`, syncs it, and renames it over.
 pub fn write_atomically(dest: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = dest.with_extension(format!("tmp{}", std::process::id()));
+    // Unique per call, so concurrent writers (servers sharing an image
+    // directory, or several in one process) never rename each other's file.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut name = dest.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp{}-{n}", std::process::id()));
+    let tmp = dest.with_file_name(name);
     let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
     f.write_all(bytes)?;
     f.sync_all()?;

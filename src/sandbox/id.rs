@@ -25,9 +25,7 @@ impl SandboxId {
     pub fn parse(s: &str) -> Option<Self> {
         let hex_part = s.strip_prefix(ID_PREFIX)?;
         let well_formed = (16..=64).contains(&hex_part.len())
-            && hex_part
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'z').contains(&b));
+            && hex_part.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase());
         well_formed.then(|| SandboxId(s.to_string()))
     }
 

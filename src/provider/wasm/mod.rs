@@ -25,6 +25,10 @@ use crate::sandbox::Sandbox;
 use crate::sandbox::path::SandboxPath;
 use crate::settings::Settings;
 
+/// What an exec runs: the runtime, the guest's argv, and `NAME=value`
+/// assignments from the command line.
+type Plan = (Arc<LoadedRuntime>, Vec<String>, Vec<(String, String)>);
+
 /// Directories every sandbox starts with, as in a container.
 const SKELETON: &[&str] = &["workspace", "tmp"];
 
@@ -78,10 +82,7 @@ impl WasmProvider {
 
     /// The runtime and argv an exec runs, or a 127 result for an unknown
     /// command.
-    fn plan(
-        &self,
-        spec: &ExecSpec,
-    ) -> Result<Result<(Arc<LoadedRuntime>, Vec<String>, Vec<(String, String)>), ExecOutput>, ProviderError> {
+    fn plan(&self, spec: &ExecSpec) -> Result<Result<Plan, ExecOutput>, ProviderError> {
         let (argv, assignments) = match spec.mode {
             ExecMode::Argv => {
                 let mut argv = vec![spec.command.clone()];

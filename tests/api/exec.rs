@@ -1,0 +1,248 @@
+use serde_json::json;
+
+use crate::helpers::{TestApp, assert_error, assert_error_contains, send};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_reports_exit_codes_stdout_and_stderr() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    let out = app
+        .run(
+            &id,
+            "python3 -c 'import sys; print(\"out\"); print(\"err\", file=sys.stderr); sys.exit(42)'",
+        )
+        .await;
+    assert_eq!(out["exit_code"], 42);
+    assert_eq!(out["stdout"], "out\n");
+    assert_eq!(out["stderr"], "err\n");
+    let out = app.run(&id, "python3 -c 'raise ValueError(7)'").await;
+    assert_eq!(out["exit_code"], 1);
+    assert!(out["stderr"].as_str().unwrap().ends_with("ValueError: 7\n"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn args_env_stdin_and_argv_mode_reach_the_program() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    let (_, out) = app
+        .exec(
+            &id,
+            json!({"command": "python3 -c 'import sys; print(sys.argv[1:])'", "args": ["x", "y z", "$HOME"]}),
+        )
+        .await;
+    assert_eq!(out["stdout"], "['x', 'y z', '$HOME']\n");
+    let (_, out) = app
+        .exec(&id, json!({"command": "GREETING=hi python3 -c 'import os; print(os.environ[\"GREETING\"], os.environ[\"NAME\"], os.environ[\"HOME\"])'", "env": {"NAME": "stacy"}}))
+        .await;
+    assert_eq!(out["stdout"], "hi stacy /workspace\n");
+    let (_, out) = app
+        .exec(
+            &id,
+            json!({"command": "python3 -c 'import sys; print(sys.stdin.read()[::-1])'", "stdin": "olleh"}),
+        )
+        .await;
+    assert_eq!(out["stdout"], "hello\n");
+    let (_, out) = app
+        .exec(
+            &id,
+            json!({"command": "python3", "args": ["-c", "import sys; print(sys.argv)", "a b"], "mode": "argv"}),
+        )
+        .await;
+    assert_eq!(out["stdout"], "['-c', 'a b']\n");
+    let (_, out) = app
+        .exec(&id, json!({"command": "/usr/bin/python3 -c 'print(7)'"}))
+        .await;
+    assert_eq!(out["stdout"], "7\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workdir_sets_the_working_directory_for_relative_paths() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    let out = app
+        .run(
+            &id,
+            "python3 -c 'import os; print(os.getcwd()); open(\"rel.txt\", \"w\").write(\"r\")'",
+        )
+        .await;
+    assert_eq!(out["stdout"], "/workspace\n");
+    assert_eq!(
+        std::fs::read_to_string(app.sandbox_dir(&id).join("workspace/rel.txt")).unwrap(),
+        "r"
+    );
+    let (status, _) = send(app.post(&format!("/sandboxes/{id}/files")).json(&json!({
+        "path": "/workspace/sub/main.py",
+        "content": "import os, sys\nprint(os.getcwd(), sys.argv, __name__, open('data.txt').read())\n"
+    })))
+    .await;
+    assert_eq!(status, 200);
+    std::fs::write(app.sandbox_dir(&id).join("workspace/sub/data.txt"), "d").unwrap();
+    let (_, out) = app
+        .exec(
+            &id,
+            json!({"command": "python3 main.py arg", "workdir": "/workspace/sub"}),
+        )
+        .await;
+    assert_eq!(out["stdout"], "/workspace/sub ['main.py', 'arg'] __main__ d\n", "{out}");
+    let (_, out) = app
+        .exec(
+            &id,
+            json!({"command": "python3 -c 'import os; print(os.getcwd())'", "workdir": "/tmp"}),
+        )
+        .await;
+    assert_eq!(out["stdout"], "/tmp\n");
+    let (_, out) = app.exec(&id, json!({"command": "python3 sub/main.py"})).await;
+    assert_eq!(out["exit_code"], 1, "{out}");
+    assert!(out["stderr"].as_str().unwrap().contains("FileNotFoundError"), "{out}");
+    let (_, out) = app
+        .exec(
+            &id,
+            json!({"command": "python3 -c 'open(\"/workspace/sub/x\",\"w\").write(\"1\")'"}),
+        )
+        .await;
+    assert_eq!(out["exit_code"], 0);
+    assert_error(
+        &app.exec(&id, json!({"command": "python3 -V", "workdir": "/nope"}))
+            .await,
+        400,
+        "bad_request",
+        "workdir /nope does not exist in the sandbox",
+    );
+    assert_error(
+        &app.exec(&id, json!({"command": "python3 -V", "workdir": "../../.."}))
+            .await,
+        400,
+        "bad_request",
+        "workdir: path \"../../..\" escapes the sandbox",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_script_error_in_a_relative_file_shows_a_plain_traceback() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    std::fs::write(
+        app.sandbox_dir(&id).join("workspace/boom.py"),
+        "x = 1\nraise KeyError('k')\n",
+    )
+    .unwrap();
+    let out = app.run(&id, "python3 boom.py").await;
+    assert_eq!(out["exit_code"], 1);
+    assert_eq!(
+        out["stderr"],
+        "Traceback (most recent call last):\n  File \"/workspace/boom.py\", line 2, in <module>\n    raise KeyError('k')\nKeyError: 'k'\n"
+    );
+    std::fs::write(
+        app.sandbox_dir(&id).join("workspace/quit.py"),
+        "import sys\nprint('bye')\nsys.exit(5)\n",
+    )
+    .unwrap();
+    let out = app.run(&id, "python3 quit.py").await;
+    assert_eq!(
+        (out["exit_code"].clone(), out["stdout"].clone()),
+        (json!(5), json!("bye\n"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_written_by_one_exec_are_seen_by_the_next_and_the_files_api() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    app.run(&id, "python3 -c 'open(\"/tmp/state.txt\",\"w\").write(\"kept\")'")
+        .await;
+    let out = app
+        .run(&id, "python3 -c 'print(open(\"/tmp/state.txt\").read())'")
+        .await;
+    assert_eq!(out["stdout"], "kept\n");
+    let resp = app
+        .get(&format!("/sandboxes/{id}/files?path=/tmp/state.txt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.text().await.unwrap(), "kept");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_commands_exit_127_like_a_shell() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    let out = app.run(&id, "ruby -e 'puts 1'").await;
+    assert_eq!(out["exit_code"], 127);
+    assert_eq!(out["stdout"], "");
+    assert_eq!(out["stderr"], "sh: ruby: command not found\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shell_features_beyond_word_splitting_answer_400_naming_the_feature() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    assert_error(
+        &app.exec(&id, json!({"command": "python3 -c 'print(1)' | wc -c"})).await,
+        400,
+        "bad_request",
+        "shell feature not supported on the wasm provider: pipes (|); run one command per exec, or use mode \"argv\"",
+    );
+    assert_error_contains(
+        &app.exec(&id, json!({"command": "python3 x.py > out.txt"})).await,
+        400,
+        "bad_request",
+        "redirections (<, >)",
+    );
+    assert_error(
+        &app.exec(&id, json!({"command": "  "})).await,
+        400,
+        "bad_request",
+        "command is empty",
+    );
+    assert_error_contains(
+        &app.exec(&id, json!({"command": "python3", "mode": "interactive"}))
+            .await,
+        400,
+        "bad_request",
+        "unknown variant `interactive`",
+    );
+    assert_error_contains(
+        &app.exec(&id, json!({"args": []})).await,
+        400,
+        "bad_request",
+        "missing field `command`",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_timeouts_are_checked_against_the_maximum() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    assert_error(
+        &app.exec(&id, json!({"command": "python3 -V", "timeout": "11m"})).await,
+        429,
+        "resource_limit",
+        "timeout 11m0s is above the maximum of 10m0s",
+    );
+    assert_error(
+        &app.exec(&id, json!({"command": "python3 -V", "timeout": "soon"})).await,
+        400,
+        "bad_request",
+        "invalid duration \"soon\": expected a number followed by a unit such as 30s",
+    );
+    let (status, _) = app.exec(&id, json!({"command": "python3 -V", "timeout": "1.5s"})).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_mode_frames_the_output_as_ndjson_with_the_exit_code_last() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    let resp = app
+        .post(&format!("/sandboxes/{id}/exec"))
+        .json(&json!({"command": "python3 -c 'import sys; print(1); print(2, file=sys.stderr); sys.exit(4)'", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
+    let text = resp.text().await.unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0], json!({"stream": "stdout", "data": "1\n"}));
+    assert_eq!(lines[1], json!({"stream": "stderr", "data": "2\n"}));
+    assert_eq!(lines[2]["exit_code"], 4);
+}

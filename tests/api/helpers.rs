@@ -1,0 +1,154 @@
+//! `TestApp`: the real server on port 0 with a temporary data directory,
+//! driven over HTTP.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use stacyvm::App;
+use stacyvm::settings::{ApiKey, Secret, Settings};
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub data_dir: tempfile::TempDir,
+    pub api_key: Option<String>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Images and their compile cache are shared by every test server, so the
+/// image is fetched and compiled once per checkout.
+pub fn shared_image_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("images")
+}
+
+pub fn test_settings(data_dir: &std::path::Path) -> Settings {
+    let mut s = Settings {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.to_path_buf(),
+        ..Settings::default()
+    };
+    s.wasm.image_dir = Some(shared_image_dir());
+    s.sandbox.reap_interval = Duration::from_millis(100);
+    s
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut settings = test_settings(data_dir.path());
+        configure(&mut settings);
+        let api_key = settings.auth.keys.first().map(|k| k.key.expose().to_string());
+        let app = App::build(settings).await.expect("server builds");
+        let addr = app.local_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(app.run_until(async {
+            rx.await.ok();
+        }));
+        TestApp {
+            base: format!("http://{addr}/api/v1"),
+            client: reqwest::Client::new(),
+            data_dir,
+            api_key,
+            shutdown: Some(tx),
+        }
+    }
+
+    pub async fn with_keys(keys: &[(&str, &str)]) -> TestApp {
+        let keys: Vec<ApiKey> = keys
+            .iter()
+            .map(|(k, t)| ApiKey {
+                key: Secret::new(*k),
+                tenant: t.to_string(),
+            })
+            .collect();
+        Self::spawn_with(|s| s.auth.keys = keys).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn authed(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.api_key {
+            Some(k) => rb.header("X-API-Key", k),
+            None => rb,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.authed(self.client.get(self.url(path)))
+    }
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.authed(self.client.post(self.url(path)))
+    }
+    pub fn put(&self, path: &str) -> reqwest::RequestBuilder {
+        self.authed(self.client.put(self.url(path)))
+    }
+    pub fn delete(&self, path: &str) -> reqwest::RequestBuilder {
+        self.authed(self.client.delete(self.url(path)))
+    }
+
+    /// Creates a sandbox and returns its id, asserting 201.
+    pub async fn create_sandbox(&self, body: Value) -> String {
+        let (status, v) = send(self.post("/sandboxes").json(&body)).await;
+        assert_eq!(status, 201, "create failed: {v}");
+        v["id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn create_wasm(&self) -> String {
+        self.create_sandbox(json!({"provider": "wasm"})).await
+    }
+
+    /// Runs an exec and returns status and body.
+    pub async fn exec(&self, id: &str, body: Value) -> (u16, Value) {
+        send(self.post(&format!("/sandboxes/{id}/exec")).json(&body)).await
+    }
+
+    /// Runs a shell command and asserts 200.
+    pub async fn run(&self, id: &str, command: &str) -> Value {
+        let (status, v) = self.exec(id, json!({"command": command})).await;
+        assert_eq!(status, 200, "exec of {command:?} failed: {v}");
+        v
+    }
+
+    pub fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.data_dir.path().join("sandboxes").join(id)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            tx.send(()).ok();
+        }
+    }
+}
+
+/// Sends a request and returns the status and the JSON body (Null if none).
+pub async fn send(rb: reqwest::RequestBuilder) -> (u16, Value) {
+    let resp = rb.send().await.expect("request is sent");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, v)
+}
+
+/// Asserts an error answer: the status, the code, and the exact message.
+pub fn assert_error(got: &(u16, Value), status: u16, code: &str, message: &str) {
+    assert_eq!(got.0, status, "unexpected status; body {}", got.1);
+    assert_eq!(got.1["code"], code, "body {}", got.1);
+    assert_eq!(got.1["message"], message, "body {}", got.1);
+}
+
+/// Asserts an error answer whose message contains `fragment`.
+pub fn assert_error_contains(got: &(u16, Value), status: u16, code: &str, fragment: &str) {
+    assert_eq!(got.0, status, "unexpected status; body {}", got.1);
+    assert_eq!(got.1["code"], code, "body {}", got.1);
+    let message = got.1["message"].as_str().unwrap();
+    assert!(message.contains(fragment), "message {message:?} lacks {fragment:?}");
+}

@@ -1,0 +1,9 @@
+//! Black-box tests: the real server on port 0, real wasmtime running the
+//! real CPython image, real HTTP over loopback.
+
+mod exec;
+mod files;
+mod helpers;
+mod limits;
+mod restart;
+mod sandboxes;

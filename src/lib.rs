@@ -29,7 +29,6 @@ use tokio::net::TcpListener;
 
 use crate::api::AppState;
 use crate::provider::Provider;
-use crate::provider::unavailable::UnavailableProvider;
 use crate::provider::wasm::WasmProvider;
 use crate::runtime::Catalog;
 use crate::sandbox::SandboxService;
@@ -56,13 +55,7 @@ impl App {
         let started = Instant::now();
         let wasm = WasmProvider::new(&settings, catalog).await?;
         tracing::info!(elapsed = ?started.elapsed(), "wasm provider ready");
-        let providers: Vec<Arc<dyn Provider>> = vec![
-            Arc::new(wasm),
-            Arc::new(UnavailableProvider::new(
-                "docker",
-                "the docker provider is not built into this server yet",
-            )),
-        ];
+        let providers: Vec<Arc<dyn Provider>> = vec![Arc::new(wasm), provider::docker::start(&settings).await];
         let service = Arc::new(SandboxService::start(settings.clone(), providers).await?);
         let listener = TcpListener::bind(settings.bind)
             .await
@@ -93,13 +86,14 @@ impl App {
     /// Serves until `shutdown` completes, then finishes in-flight requests.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let service = self.state.service.clone();
+        let reaper_service = service.clone();
         let reap_interval = service.settings().sandbox.reap_interval;
         let reaper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(reap_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                service.reap_expired().await;
+                reaper_service.reap_expired().await;
             }
         });
         tracing::info!(addr = %self.local_addr(), "stacyvm listening");
@@ -107,6 +101,7 @@ impl App {
             .with_graceful_shutdown(shutdown)
             .await;
         reaper.abort();
+        service.shutdown().await;
         tracing::info!("stacyvm stopped");
         Ok(result?)
     }

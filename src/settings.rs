@@ -28,6 +28,10 @@ pub struct Settings {
     pub exec: ExecSettings,
     pub http: HttpSettings,
     pub wasm: WasmSettings,
+    pub docker: DockerSettings,
+    /// When set, `{port}-{id}.{preview_domain}` hosts are proxied to the
+    /// sandbox's port, and the Sandbox object carries `preview_domain`.
+    pub preview_domain: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -136,6 +140,42 @@ pub struct WasmSettings {
     pub offline: bool,
 }
 
+/// How the docker provider reaches the daemon and shapes containers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DockerSettings {
+    /// Daemon address (`unix:///var/run/docker.sock`, `tcp://host:2375`);
+    /// defaults to `DOCKER_HOST`, then the local socket.
+    pub host: Option<String>,
+    /// Container networking: `internal` (a stacyvm network with no egress
+    /// that preview can still reach), `none`, or `bridge` (full egress).
+    pub network: String,
+    /// Processes one container may hold.
+    pub pids_limit: i64,
+    /// Image used when a docker create names none.
+    pub default_image: String,
+    /// On graceful shutdown: `keep` containers for re-adoption, or `remove` them.
+    pub on_shutdown: String,
+    /// How often a missing daemon is looked for again.
+    #[serde(deserialize_with = "go_duration")]
+    pub recheck_interval: Duration,
+}
+
+impl Default for DockerSettings {
+    fn default() -> Self {
+        DockerSettings {
+            host: None,
+            network: "internal".into(),
+            // Enough for a build or a test suite, far too few for a fork bomb
+            // to hurt the host.
+            pids_limit: 256,
+            default_image: "alpine:latest".into(),
+            on_shutdown: "keep".into(),
+            recheck_interval: Duration::from_secs(5),
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -147,6 +187,8 @@ impl Default for Settings {
             exec: ExecSettings::default(),
             http: HttpSettings::default(),
             wasm: WasmSettings::default(),
+            docker: DockerSettings::default(),
+            preview_domain: None,
         }
     }
 }
@@ -328,6 +370,21 @@ impl Settings {
         if let Some(v) = get("STACYVM_CATALOG_DIR") {
             self.wasm.catalog_dir = Some(v.into());
         }
+        if let Some(v) = get("STACYVM_DOCKER_HOST") {
+            self.docker.host = Some(v);
+        }
+        if let Some(v) = get("STACYVM_DOCKER_NETWORK") {
+            self.docker.network = v;
+        }
+        if let Some(v) = get("STACYVM_DOCKER_DEFAULT_IMAGE") {
+            self.docker.default_image = v;
+        }
+        if let Some(v) = get("STACYVM_DOCKER_ON_SHUTDOWN") {
+            self.docker.on_shutdown = v;
+        }
+        if let Some(v) = get("STACYVM_PREVIEW_DOMAIN") {
+            self.preview_domain = Some(v);
+        }
         if let Some(v) = get("STACYVM_OFFLINE") {
             self.wasm.offline = matches!(v.as_str(), "1" | "true" | "yes");
         }
@@ -374,6 +431,29 @@ impl Settings {
         }
         if self.http.body_limit_bytes < 1024 || self.http.file_limit_bytes < 1024 {
             bail!("http.body_limit_bytes and http.file_limit_bytes must be at least 1024");
+        }
+        let d = &self.docker;
+        if !["internal", "none", "bridge"].contains(&d.network.as_str()) {
+            bail!(
+                "docker.network must be \"internal\", \"none\" or \"bridge\", not {:?}",
+                d.network
+            );
+        }
+        if !["keep", "remove"].contains(&d.on_shutdown.as_str()) {
+            bail!(
+                "docker.on_shutdown must be \"keep\" or \"remove\", not {:?}",
+                d.on_shutdown
+            );
+        }
+        if d.pids_limit < 16 || d.recheck_interval.is_zero() || d.default_image.is_empty() {
+            bail!(
+                "docker.pids_limit must be at least 16, docker.recheck_interval positive and docker.default_image set"
+            );
+        }
+        if let Some(domain) = &self.preview_domain
+            && (domain.is_empty() || domain.starts_with('.') || domain.contains('/'))
+        {
+            bail!("preview_domain must be a plain domain such as preview.example.com");
         }
         let mut seen = HashSet::new();
         for key in &self.auth.keys {

@@ -4,6 +4,7 @@
 //! moves files in and out. It never sees HTTP; the API never sees wasmtime or
 //! Docker. Optional capabilities default to [`ProviderError::Unsupported`].
 
+pub mod docker;
 pub mod unavailable;
 pub mod wasm;
 
@@ -187,4 +188,15 @@ pub trait Provider: Send + Sync {
     async fn stats(&self, _sandbox: &Sandbox) -> Result<SandboxStats, ProviderError> {
         Ok(SandboxStats::default())
     }
+
+    /// Where HTTP for `port` inside the sandbox can be sent, for preview.
+    async fn preview_target(&self, _sandbox: &Sandbox, _port: u16) -> Result<std::net::SocketAddr, ProviderError> {
+        Err(ProviderError::Unsupported(format!(
+            "preview is not supported by the {} provider: its sandboxes have no network",
+            self.name()
+        )))
+    }
+
+    /// Called once on graceful shutdown, after the server stops serving.
+    async fn shutdown(&self) {}
 }

@@ -148,6 +148,24 @@ impl SandboxService {
         Ok(service)
     }
 
+    /// Lets every provider finish (keep or remove its resources).
+    pub async fn shutdown(&self) {
+        for provider in self.providers.values() {
+            provider.shutdown().await;
+        }
+    }
+
+    /// Where preview traffic for `port` of the sandbox goes.
+    pub async fn preview_target(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        port: u16,
+    ) -> Result<std::net::SocketAddr, ServiceError> {
+        let sb = self.get(tenant, id)?;
+        Ok(self.provider(&sb.provider)?.preview_target(&sb, port).await?)
+    }
+
     pub fn settings(&self) -> &Settings {
         &self.settings
     }

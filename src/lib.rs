@@ -75,6 +75,10 @@ impl App {
                 service,
                 keys: Arc::new(keys),
                 started,
+                proxy: reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .connect_timeout(std::time::Duration::from_secs(5))
+                    .build()?,
             },
         })
     }

@@ -28,6 +28,8 @@ pub enum ApiError {
     /// 429 `resource_limit`: over a quota; an exec stopped by a limit
     /// carries its partial output.
     ResourceLimit(String, Option<Box<ExecOutput>>),
+    /// 502 `bad_gateway`: preview could not reach the port in the sandbox.
+    BadGateway(String),
     /// 503 `unavailable`: the provider is not available.
     Unavailable(String),
     /// 500 `internal`: logged in full, answered with a generic message.
@@ -65,6 +67,7 @@ impl IntoResponse for ApiError {
             ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", m, None),
             ApiError::Unsupported(m) => (StatusCode::UNPROCESSABLE_ENTITY, "unsupported", m, None),
             ApiError::ResourceLimit(m, out) => (StatusCode::TOO_MANY_REQUESTS, "resource_limit", m, out),
+            ApiError::BadGateway(m) => (StatusCode::BAD_GATEWAY, "bad_gateway", m, None),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m, None),
             ApiError::Internal(e) => {
                 tracing::error!("internal error: {e:#}");

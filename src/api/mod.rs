@@ -5,6 +5,7 @@
 pub mod error;
 pub mod extract;
 mod files;
+mod preview;
 mod sandboxes;
 mod system;
 
@@ -26,6 +27,8 @@ pub struct AppState {
     /// API key → tenant; empty when auth is off.
     pub keys: Arc<Vec<(String, TenantId)>>,
     pub started: Instant,
+    /// Forwards preview traffic into sandboxes.
+    pub proxy: reqwest::Client,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -43,6 +46,7 @@ pub fn router(state: AppState) -> Router {
             ApiError::MethodNotAllowed(format!("{} is not allowed on {}", req.method(), req.uri().path()))
         })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), preview::by_host))
         .layer(axum::middleware::from_fn(log_request))
         .with_state(state)
 }

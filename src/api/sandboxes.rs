@@ -25,8 +25,8 @@ pub fn router() -> Router<AppState> {
         .route("/sandboxes/{id}/exec", post(exec))
         .route("/sandboxes/{id}/logs", get(logs))
         .route("/sandboxes/{id}/stats", get(stats))
-        .route("/sandboxes/{id}/preview/{port}", any(preview))
-        .route("/sandboxes/{id}/preview/{port}/{*rest}", any(preview))
+        .route("/sandboxes/{id}/preview/{port}", any(super::preview::by_path))
+        .route("/sandboxes/{id}/preview/{port}/{*rest}", any(super::preview::by_path))
 }
 
 /// The Sandbox object of API.md.
@@ -43,11 +43,22 @@ pub struct SandboxView {
     metadata: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     owner_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    preview_domain: Option<String>,
+}
+
+impl SandboxView {
+    fn new(sb: Sandbox, state: &AppState) -> Self {
+        let mut view = SandboxView::from(sb);
+        view.preview_domain = state.service.settings().preview_domain.clone();
+        view
+    }
 }
 
 impl From<Sandbox> for SandboxView {
     fn from(sb: Sandbox) -> Self {
         SandboxView {
+            preview_domain: None,
             id: sb.id.to_string(),
             state: sb.state,
             provider: sb.provider,
@@ -104,7 +115,7 @@ async fn create(
         owner_id: owner,
     };
     let sb = state.service.create(&caller.tenant, req).await?;
-    Ok((StatusCode::CREATED, Json(SandboxView::from(sb))).into_response())
+    Ok((StatusCode::CREATED, Json(SandboxView::new(sb, &state))).into_response())
 }
 
 #[derive(Deserialize)]
@@ -139,7 +150,7 @@ async fn get_one(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<SandboxView>, ApiError> {
-    Ok(Json(state.service.get(&caller.tenant, &id)?.into()))
+    Ok(Json(SandboxView::new(state.service.get(&caller.tenant, &id)?, &state)))
 }
 
 async fn destroy(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
@@ -158,7 +169,10 @@ async fn extend(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<ExtendBody>,
 ) -> Result<Json<SandboxView>, ApiError> {
-    Ok(Json(state.service.extend(&caller.tenant, &id, &body.ttl)?.into()))
+    Ok(Json(SandboxView::new(
+        state.service.extend(&caller.tenant, &id, &body.ttl)?,
+        &state,
+    )))
 }
 
 #[derive(Deserialize)]
@@ -292,17 +306,4 @@ async fn logs(
 
 async fn stats(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
     Ok(Json(state.service.stats(&caller.tenant, &id).await?).into_response())
-}
-
-async fn preview(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(params): Path<Vec<(String, String)>>,
-) -> Result<Response, ApiError> {
-    let id = params.first().map(|(_, v)| v.clone()).unwrap_or_default();
-    let sb = state.service.get(&caller.tenant, &id)?;
-    Err(ApiError::Unsupported(format!(
-        "preview is not supported by the {} provider: its sandboxes have no network",
-        sb.provider
-    )))
 }

@@ -166,6 +166,15 @@ impl SandboxService {
         Ok(self.provider(&sb.provider)?.preview_target(&sb, port).await?)
     }
 
+    /// Like [`Self::preview_target`] for host-based preview, where the
+    /// unguessable sandbox id in the host name is the credential.
+    pub async fn preview_target_by_id(&self, id: &str, port: u16) -> Result<std::net::SocketAddr, ServiceError> {
+        let sb = SandboxId::parse(id)
+            .and_then(|sid| self.registry.get(&sid))
+            .ok_or_else(|| ServiceError::SandboxNotFound(id.to_string()))?;
+        Ok(self.provider(&sb.provider)?.preview_target(&sb, port).await?)
+    }
+
     pub fn settings(&self) -> &Settings {
         &self.settings
     }

@@ -1,16 +1,635 @@
 //! The docker provider: each sandbox is a long-lived container reached
 //! through the Docker Engine API (bollard).
+//!
+//! - `connection`: the daemon link, its availability and the recheck task;
+//! - `exec`: commands under a tagged wrapper, killed for good on timeout;
+//! - `files`: archive endpoints for contents, argv-only scripts for metadata;
+//! - `glob`: the wasm provider's glob semantics over a `find` listing.
+//!
+//! Containers carry labels: `stacyvm.sandbox`, `stacyvm.tenant`, and
+//! `stacyvm.instance`, a hash of the canonical data directory, so servers
+//! with different data directories never touch each other's containers.
 
+mod connection;
+mod exec;
+mod files;
+mod glob;
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use crate::provider::Provider;
-use crate::provider::unavailable::UnavailableProvider;
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::errors::Error as DockerError;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, ListContainersOptions, RemoveContainerOptions, StatsOptions,
+};
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+
+use self::connection::{Connection, INTERNAL_NETWORK, status_code};
+use self::exec::{Collected, Finished, Job};
+use self::files::{FileError, Files};
+use super::{Capabilities, ExecOutput, ExecSpec, FileEntry, Provider, ProviderError, ProviderStatus, SandboxStats};
+use crate::sandbox::Sandbox;
+use crate::sandbox::path::SandboxPath;
 use crate::settings::Settings;
 
-/// Connects to the daemon described by the settings.
-pub async fn start(_settings: &Settings) -> Arc<dyn Provider> {
-    Arc::new(UnavailableProvider::new(
-        "docker",
-        "the docker provider is not built into this server yet",
-    ))
+const LABEL_SANDBOX: &str = "stacyvm.sandbox";
+const LABEL_TENANT: &str = "stacyvm.tenant";
+const LABEL_INSTANCE: &str = "stacyvm.instance";
+const LABEL_DATA_DIR: &str = "stacyvm.data_dir";
+
+/// Keeps the container alive doing nothing; docker-init (`init: true`) is
+/// PID 1 and reaps whatever the execs leave behind.
+const KEEPALIVE: &str = "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done";
+
+/// How long a pull may take before the image counts as not pullable. A
+/// typical image arrives within seconds; a registry that does not answer
+/// must not hang the create.
+const PULL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Connects to the daemon described by the settings. Never fails: with no
+/// daemon the provider lists itself unavailable, with the reason, until the
+/// recheck task finds one.
+pub async fn start(settings: &Settings) -> Arc<dyn Provider> {
+    Arc::new(DockerProvider::new(settings).await)
+}
+
+pub struct DockerProvider {
+    conn: Arc<Connection>,
+    instance: String,
+    data_dir: String,
+    default_image: String,
+    network: String,
+    pids_limit: i64,
+    on_shutdown: String,
+    output_limit: usize,
+    file_limit: usize,
+}
+
+impl DockerProvider {
+    pub async fn new(settings: &Settings) -> DockerProvider {
+        let d = &settings.docker;
+        let data_dir = std::fs::canonicalize(&settings.data_dir)
+            .or_else(|_| std::path::absolute(&settings.data_dir))
+            .unwrap_or_else(|_| settings.data_dir.clone());
+        let data_dir = data_dir.display().to_string();
+        // 64 bits of the hash: labels stay short, collisions stay
+        // impossible in practice.
+        let instance = hex::encode(&Sha256::digest(data_dir.as_bytes())[..8]);
+        DockerProvider {
+            conn: Connection::open(d.host.clone(), d.network.clone(), d.recheck_interval).await,
+            instance,
+            data_dir,
+            default_image: d.default_image.clone(),
+            network: d.network.clone(),
+            pids_limit: d.pids_limit,
+            on_shutdown: d.on_shutdown.clone(),
+            output_limit: settings.exec.output_limit_bytes,
+            file_limit: settings.http.file_limit_bytes.max(settings.http.body_limit_bytes),
+        }
+    }
+
+    fn container_name(sandbox: &Sandbox) -> String {
+        format!("stacyvm-{}", sandbox.id.as_str())
+    }
+
+    /// The name of the docker network the containers join.
+    fn network_mode(&self) -> &str {
+        match self.network.as_str() {
+            "internal" => INTERNAL_NETWORK,
+            other => other,
+        }
+    }
+
+    fn docker_error(&self, what: &str, e: DockerError) -> ProviderError {
+        self.conn.error(what, e)
+    }
+
+    fn file_error(&self, what: &str, e: FileError) -> ProviderError {
+        match e {
+            FileError::Provider(p) => p,
+            FileError::Docker(e) => self.docker_error(what, e),
+        }
+    }
+
+    fn files<'a>(&self, docker: &'a Docker, name: &'a str) -> Files<'a> {
+        Files {
+            docker,
+            container: name,
+            file_limit: self.file_limit,
+        }
+    }
+
+    /// Makes sure the image is here, pulling it if it is not. Any failure is
+    /// the client's: the image does not exist or cannot be fetched.
+    async fn ensure_image(&self, docker: &Docker, image: &str) -> Result<(), ProviderError> {
+        match docker.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(e) if status_code(&e) == Some(404) => {}
+            Err(e) => return Err(self.docker_error("image inspect", e)),
+        }
+        let (from_image, tag) = split_reference(image);
+        let options = CreateImageOptions {
+            from_image: Some(from_image),
+            tag,
+            ..Default::default()
+        };
+        let pull = async {
+            let mut progress = docker.create_image(Some(options), None, None);
+            while let Some(step) = progress.next().await {
+                let step = step.map_err(|e| connection::message(&e))?;
+                if let Some(detail) = step.error_detail {
+                    return Err(detail.message.unwrap_or_else(|| "the pull failed".into()));
+                }
+            }
+            Ok(())
+        };
+        let why = match tokio::time::timeout(PULL_TIMEOUT, pull).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(why)) => why,
+            Err(_) => format!(
+                "the pull did not finish within {}",
+                crate::duration::format(PULL_TIMEOUT)
+            ),
+        };
+        Err(ProviderError::InvalidInput(format!(
+            "docker image {image:?} is not present locally and could not be pulled: {}",
+            why.trim()
+        )))
+    }
+
+    fn create_body(&self, sandbox: &Sandbox) -> ContainerCreateBody {
+        let labels = HashMap::from([
+            (LABEL_SANDBOX.to_string(), sandbox.id.as_str().to_string()),
+            (LABEL_TENANT.to_string(), sandbox.tenant.as_str().to_string()),
+            (LABEL_INSTANCE.to_string(), self.instance.clone()),
+            (LABEL_DATA_DIR.to_string(), self.data_dir.clone()),
+        ]);
+        let memory = (sandbox.memory_mb << 20) as i64;
+        ContainerCreateBody {
+            image: Some(sandbox.image.clone()),
+            entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
+            cmd: Some(vec![KEEPALIVE.into()]),
+            working_dir: Some("/workspace".into()),
+            // An anonymous volume: /workspace exists whatever the image, its
+            // files persist across execs, and `v: true` removes it with the
+            // container.
+            volumes: Some(vec!["/workspace".into()]),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                memory: Some(memory),
+                // Equal to memory: no swap, so the limit is a real limit.
+                memory_swap: Some(memory),
+                nano_cpus: Some(i64::from(sandbox.vcpus) * 1_000_000_000),
+                pids_limit: Some(self.pids_limit),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                init: Some(true),
+                network_mode: Some(self.network_mode().to_string()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// This server's containers: sandbox id and container id.
+    async fn own_containers(&self, docker: &Docker) -> Result<Vec<(String, String)>, DockerError> {
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(
+                "label".to_string(),
+                vec![format!("{LABEL_INSTANCE}={}", self.instance)],
+            )])),
+            ..Default::default()
+        };
+        let list = docker.list_containers(Some(options)).await?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let sandbox = c.labels?.get(LABEL_SANDBOX)?.clone();
+                Some((sandbox, c.id?))
+            })
+            .collect())
+    }
+
+    async fn remove(&self, docker: &Docker, container: &str) -> Result<(), DockerError> {
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        match docker.remove_container(container, Some(options)).await {
+            Ok(()) => Ok(()),
+            // Already gone, or already being removed by another call.
+            Err(e) if matches!(status_code(&e), Some(404 | 409)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs a job; a container that stopped (its keep-alive was killed, the
+    /// daemon restarted) is started again once, its files intact.
+    async fn run_job(
+        &self,
+        docker: &Docker,
+        name: &str,
+        job: Job,
+        out: &mut Collected,
+    ) -> Result<Finished, ProviderError> {
+        let retry = Job {
+            argv: job.argv.clone(),
+            tag: job.tag.clone(),
+            env: job.env.clone(),
+            stdin: job.stdin.clone(),
+            timeout: job.timeout,
+            limit: job.limit,
+        };
+        match exec::run(docker, name, job, out).await {
+            Ok(done) => Ok(done),
+            Err(e) if status_code(&e) == Some(409) => {
+                tracing::info!(container = name, "container was not running; starting it again");
+                docker
+                    .start_container(name, None)
+                    .await
+                    .map_err(|e| self.docker_error("container start", e))?;
+                *out = Collected::default();
+                exec::run(docker, name, retry, out)
+                    .await
+                    .map_err(|e| self.docker_error("exec", e))
+            }
+            Err(e) if status_code(&e) == Some(404) => Err(gone(name)),
+            Err(e) => Err(self.docker_error("exec", e)),
+        }
+    }
+}
+
+fn gone(name: &str) -> ProviderError {
+    ProviderError::Conflict(format!("the container {name} of this sandbox no longer exists"))
+}
+
+/// Splits `repo[:tag]` for a pull; a pull without a tag would fetch every
+/// tag. Digests (`repo@sha256:...`) go whole.
+fn split_reference(image: &str) -> (String, Option<String>) {
+    if image.contains('@') {
+        return (image.to_string(), None);
+    }
+    let name_start = image.rfind('/').map_or(0, |i| i + 1);
+    match image[name_start..].rfind(':') {
+        Some(i) => (
+            image[..name_start + i].to_string(),
+            Some(image[name_start + i + 1..].to_string()),
+        ),
+        None => (image.to_string(), Some("latest".into())),
+    }
+}
+
+#[async_trait]
+impl Provider for DockerProvider {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    fn status(&self) -> ProviderStatus {
+        let reason = self.conn.down_reason();
+        let available = reason.is_none();
+        ProviderStatus {
+            name: "docker".into(),
+            available,
+            reason,
+            images: vec![self.default_image.clone()],
+            capabilities: Capabilities {
+                exec: available,
+                files: available,
+                stdin: available,
+                shell: available,
+                preview: available && self.network != "none",
+                stats: available,
+                network: available && self.network == "bridge",
+            },
+        }
+    }
+
+    fn resolve_image(&self, requested: Option<&str>) -> Result<String, ProviderError> {
+        self.conn.client()?;
+        match requested.map(str::trim) {
+            None | Some("") => Ok(self.default_image.clone()),
+            Some(image) if image.chars().any(|c| c.is_whitespace() || c.is_control()) => Err(
+                ProviderError::InvalidInput(format!("{image:?} is not a docker image reference")),
+            ),
+            Some(image) => Ok(image.to_string()),
+        }
+    }
+
+    async fn create(&self, sandbox: &Sandbox) -> Result<(), ProviderError> {
+        let docker = self.conn.client()?;
+        self.ensure_image(&docker, &sandbox.image).await?;
+        let name = Self::container_name(sandbox);
+        let options = CreateContainerOptions {
+            name: Some(name.clone()),
+            ..Default::default()
+        };
+        let mut created = docker
+            .create_container(Some(options.clone()), self.create_body(sandbox))
+            .await;
+        if self.network == "internal"
+            && let Err(e) = &created
+            && status_code(e) == Some(404)
+            && connection::message(e).contains("network")
+        {
+            // Someone removed the network since the daemon was first seen.
+            connection::ensure_internal_network(&docker)
+                .await
+                .map_err(|e| self.docker_error("network create", e))?;
+            created = docker.create_container(Some(options), self.create_body(sandbox)).await;
+        }
+        created.map_err(|e| self.docker_error("container create", e))?;
+        if let Err(e) = docker.start_container(&name, None).await {
+            self.remove(&docker, &name).await.ok();
+            return Err(self.docker_error("container start", e));
+        }
+        Ok(())
+    }
+
+    async fn destroy(&self, sandbox: &Sandbox) -> Result<(), ProviderError> {
+        let docker = self.conn.client()?;
+        self.remove(&docker, &Self::container_name(sandbox))
+            .await
+            .map_err(|e| self.docker_error("container remove", e))
+    }
+
+    async fn exists(&self, sandbox: &Sandbox) -> bool {
+        // Without a daemon nothing can be known: keep the registry entry.
+        let Ok(docker) = self.conn.client() else { return true };
+        match docker.inspect_container(&Self::container_name(sandbox), None).await {
+            Ok(c) => c
+                .config
+                .and_then(|c| c.labels)
+                .is_some_and(|l| l.get(LABEL_INSTANCE) == Some(&self.instance)),
+            Err(e) if status_code(&e) == Some(404) => false,
+            Err(_) => true,
+        }
+    }
+
+    async fn remove_orphans(&self, known: &[Sandbox]) -> anyhow::Result<usize> {
+        let Ok(docker) = self.conn.client() else { return Ok(0) };
+        let known: HashSet<&str> = known.iter().map(|s| s.id.as_str()).collect();
+        let mut removed = 0;
+        for (sandbox, container) in self.own_containers(&docker).await? {
+            if !known.contains(sandbox.as_str()) {
+                self.remove(&docker, &container).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn exec(&self, sandbox: &Sandbox, spec: ExecSpec) -> Result<ExecOutput, ProviderError> {
+        let docker = self.conn.client()?;
+        let name = Self::container_name(sandbox);
+        let (argv, tag) = exec::user_argv(&spec);
+        let job = Job {
+            argv,
+            tag: Some(tag),
+            env: spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            stdin: spec.stdin.clone(),
+            timeout: spec.timeout,
+            limit: self.output_limit,
+        };
+        let started = Instant::now();
+        let mut out = Collected::default();
+        let finished = self.run_job(&docker, &name, job, &mut out).await?;
+        let duration = started.elapsed();
+        let code = match finished {
+            Finished::Exited(code) => code,
+            Finished::TimedOut => {
+                return Err(ProviderError::Timeout {
+                    timeout: spec.timeout,
+                    partial: Box::new(out.into_output(137, duration)),
+                });
+            }
+        };
+        if code == exec::WORKDIR_EXIT {
+            if out.take_sentinel(exec::WORKDIR_MISSING) {
+                return Err(ProviderError::InvalidInput(format!(
+                    "workdir {} does not exist in the sandbox",
+                    spec.workdir
+                )));
+            }
+            if out.take_sentinel(exec::WORKDIR_NOT_DIR) {
+                return Err(ProviderError::InvalidInput(format!(
+                    "workdir {} is not a directory",
+                    spec.workdir
+                )));
+            }
+        }
+        if code == 137 && out.take_sentinel(exec::OOM_SENTINEL) {
+            return Err(ProviderError::MemoryLimit {
+                limit_mb: sandbox.memory_mb,
+                partial: Box::new(out.into_output(code, duration)),
+            });
+        }
+        Ok(out.into_output(code, duration))
+    }
+
+    async fn write_file(
+        &self,
+        sandbox: &Sandbox,
+        path: &SandboxPath,
+        data: Vec<u8>,
+        mode: u32,
+    ) -> Result<(), ProviderError> {
+        let docker = self.conn.client()?;
+        let name = Self::container_name(sandbox);
+        self.files(&docker, &name)
+            .write(path, data, mode)
+            .await
+            .map_err(|e| self.file_error("file upload", e))
+    }
+
+    async fn read_file(&self, sandbox: &Sandbox, path: &SandboxPath) -> Result<Vec<u8>, ProviderError> {
+        let docker = self.conn.client()?;
+        let name = Self::container_name(sandbox);
+        self.files(&docker, &name)
+            .read(path)
+            .await
+            .map_err(|e| self.file_error("file download", e))
+    }
+
+    async fn delete_file(&self, sandbox: &Sandbox, path: &SandboxPath, recursive: bool) -> Result<(), ProviderError> {
+        let docker = self.conn.client()?;
+        let name = Self::container_name(sandbox);
+        self.files(&docker, &name)
+            .delete(path, recursive)
+            .await
+            .map_err(|e| self.file_error("file delete", e))
+    }
+
+    async fn list_files(&self, sandbox: &Sandbox, path: &SandboxPath) -> Result<Vec<FileEntry>, ProviderError> {
+        let docker = self.conn.client()?;
+        let name = Self::container_name(sandbox);
+        self.files(&docker, &name)
+            .list(path)
+            .await
+            .map_err(|e| self.file_error("file list", e))
+    }
+
+    async fn stat_file(&self, sandbox: &Sandbox, path: &SandboxPath) -> Result<FileEntry, ProviderError> {
+        let docker = self.conn.client()?;
+        let name = Self::container_name(sandbox);
+        self.files(&docker, &name)
+            .stat(path)
+            .await
+            .map_err(|e| self.file_error("file stat", e))
+    }
+
+    async fn move_file(&self, sandbox: &Sandbox, from: &SandboxPath, to: &SandboxPath) -> Result<(), ProviderError> {
+        let docker = self.conn.client()?;
+        let name = Self::container_name(sandbox);
+        self.files(&docker, &name)
+            .rename(from, to)
+            .await
+            .map_err(|e| self.file_error("file move", e))
+    }
+
+    async fn chmod_file(&self, sandbox: &Sandbox, path: &SandboxPath, mode: u32) -> Result<(), ProviderError> {
+        let docker = self.conn.client()?;
+        let name = Self::container_name(sandbox);
+        self.files(&docker, &name)
+            .chmod(path, mode)
+            .await
+            .map_err(|e| self.file_error("file chmod", e))
+    }
+
+    async fn glob(&self, sandbox: &Sandbox, pattern: &str) -> Result<Vec<String>, ProviderError> {
+        let docker = self.conn.client()?;
+        let name = Self::container_name(sandbox);
+        self.files(&docker, &name)
+            .glob(pattern)
+            .await
+            .map_err(|e| self.file_error("glob", e))
+    }
+
+    async fn stats(&self, sandbox: &Sandbox) -> Result<SandboxStats, ProviderError> {
+        let docker = self.conn.client()?;
+        let name = Self::container_name(sandbox);
+        // One sample, at once: a streamed pair would cost a second.
+        let options = StatsOptions {
+            stream: false,
+            one_shot: true,
+        };
+        let sample = match docker.stats(&name, Some(options)).next().await {
+            Some(Ok(sample)) => sample,
+            Some(Err(e)) if status_code(&e) == Some(404) => return Err(gone(&name)),
+            Some(Err(e)) => return Err(self.docker_error("stats", e)),
+            None => return Ok(SandboxStats::default()),
+        };
+        let memory = sample.memory_stats.unwrap_or_default();
+        let cpu_pct = cpu_percent(sample.cpu_stats.as_ref(), sample.precpu_stats.as_ref());
+        Ok(SandboxStats {
+            supported: true,
+            cpu_pct,
+            mem_bytes: memory.usage,
+            mem_limit_bytes: Some(sandbox.memory_mb << 20),
+            disk_bytes: None,
+            disk_limit_bytes: None,
+        })
+    }
+
+    async fn preview_target(&self, sandbox: &Sandbox, port: u16) -> Result<SocketAddr, ProviderError> {
+        if self.network == "none" {
+            return Err(ProviderError::Unsupported(
+                "preview is not available for docker sandboxes here: docker.network is \"none\", so containers have no network address"
+                    .into(),
+            ));
+        }
+        let docker = self.conn.client()?;
+        let name = Self::container_name(sandbox);
+        let inspect = match docker.inspect_container(&name, None).await {
+            Ok(inspect) => inspect,
+            Err(e) if status_code(&e) == Some(404) => return Err(gone(&name)),
+            Err(e) => return Err(self.docker_error("container inspect", e)),
+        };
+        let ip = inspect
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|mut n| n.remove(self.network_mode()))
+            .and_then(|endpoint| endpoint.ip_address)
+            .and_then(|ip| ip.parse::<IpAddr>().ok())
+            .ok_or_else(|| {
+                ProviderError::Conflict(format!(
+                    "the container {name} has no address on the {} network; is it running?",
+                    self.network_mode()
+                ))
+            })?;
+        Ok(SocketAddr::new(ip, port))
+    }
+
+    async fn shutdown(&self) {
+        if self.on_shutdown != "remove" {
+            tracing::info!("docker containers are kept for re-adoption (docker.on_shutdown = keep)");
+            return;
+        }
+        let Ok(docker) = self.conn.client() else { return };
+        match self.own_containers(&docker).await {
+            Ok(list) => {
+                for (_, container) in &list {
+                    if let Err(e) = self.remove(&docker, container).await {
+                        tracing::warn!(container, "cannot remove container on shutdown: {e}");
+                    }
+                }
+                tracing::info!(
+                    removed = list.len(),
+                    "docker containers removed (docker.on_shutdown = remove)"
+                );
+            }
+            Err(e) => tracing::warn!("cannot list docker containers on shutdown: {e}"),
+        }
+    }
+}
+
+/// CPU use between the two samples of a stats answer, as a percentage of
+/// one CPU; None when the daemon sent a single sample.
+fn cpu_percent(
+    now: Option<&bollard::models::ContainerCpuStats>,
+    before: Option<&bollard::models::ContainerCpuStats>,
+) -> Option<f64> {
+    let (now, before) = (now?, before?);
+    let used = now
+        .cpu_usage
+        .as_ref()?
+        .total_usage?
+        .checked_sub(before.cpu_usage.as_ref()?.total_usage?)?;
+    let system = now.system_cpu_usage?.checked_sub(before.system_cpu_usage?)?;
+    if system == 0 {
+        return None;
+    }
+    let cpus = f64::from(now.online_cpus.unwrap_or(1).max(1));
+    Some(used as f64 / system as f64 * cpus * 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_references_split_into_repository_and_tag() {
+        let table = [
+            ("alpine", ("alpine", Some("latest"))),
+            ("alpine:3.20", ("alpine", Some("3.20"))),
+            ("localhost:5000/team/img", ("localhost:5000/team/img", Some("latest"))),
+            ("localhost:5000/team/img:v1", ("localhost:5000/team/img", Some("v1"))),
+            ("img@sha256:abc", ("img@sha256:abc", None)),
+        ];
+        for (image, (repo, tag)) in table {
+            assert_eq!(
+                split_reference(image),
+                (repo.to_string(), tag.map(String::from)),
+                "{image}"
+            );
+        }
+    }
 }

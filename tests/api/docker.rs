@@ -1,0 +1,716 @@
+//! The docker provider against the real daemon: containers, limits, files,
+//! recovery, and what happens when the daemon is missing.
+//!
+//! Every test that needs a daemon starts with [`docker_or_skip`]: on a
+//! laptop without Docker it skips loudly; under CI (`CI=true` or
+//! `STACYVM_REQUIRE_DOCKER=1`) a missing daemon fails the test. The images
+//! come from `.ci/docker-setup.sh`; nothing is pulled.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use std::collections::HashMap;
+
+use bollard::query_parameters::{CreateContainerOptions, ListContainersOptions, RemoveContainerOptions};
+use serde_json::{Value, json};
+use stacyvm::settings::Settings;
+
+use crate::helpers::{TestApp, assert_error, assert_error_contains, send};
+
+const BUSYBOX: &str = "stacyvm-test-busybox:latest";
+const PYTHON: &str = "stacyvm-test-python:latest";
+
+fn required() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true") || std::env::var("STACYVM_REQUIRE_DOCKER").is_ok_and(|v| v == "1")
+}
+
+/// The daemon, or None (after a loud message) when there is none and none
+/// is required.
+async fn docker_or_skip() -> Option<Docker> {
+    // Server warnings and errors show with a failing test's output.
+    tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("stacyvm=warn")
+        .try_init()
+        .ok();
+    let why = match Docker::connect_with_local_defaults() {
+        Ok(docker) => match tokio::time::timeout(Duration::from_secs(5), docker.ping()).await {
+            Ok(Ok(_)) => {
+                let docker = docker
+                    .negotiate_version()
+                    .await
+                    .expect("the daemon reports its API version");
+                if docker.inspect_image(BUSYBOX).await.is_ok() {
+                    return Some(docker);
+                }
+                format!("the image {BUSYBOX} is missing; run .ci/docker-setup.sh")
+            }
+            Ok(Err(e)) => format!("the daemon does not answer: {e}"),
+            Err(_) => "the daemon does not answer within 5s".into(),
+        },
+        Err(e) => format!("cannot connect: {e}"),
+    };
+    if required() {
+        panic!("a Docker daemon is required here (CI=true or STACYVM_REQUIRE_DOCKER=1) but {why}");
+    }
+    eprintln!("SKIPPED: no Docker daemon for the docker provider tests ({why}); run .ci/docker-setup.sh");
+    None
+}
+
+async fn has_image(docker: &Docker, image: &str) -> bool {
+    if docker.inspect_image(image).await.is_ok() {
+        return true;
+    }
+    if required() {
+        panic!("the image {image} is required under CI; .ci/docker-setup.sh builds it");
+    }
+    eprintln!("SKIPPED (in part): the image {image} is missing; run .ci/docker-setup.sh");
+    false
+}
+
+/// Removes every container a test server made; test runtimes end before a
+/// server's own shutdown could.
+async fn remove_containers_of(docker: &Docker, app: &TestApp) {
+    remove_containers_in(docker, app.data_dir.path()).await;
+}
+
+async fn remove_containers_in(docker: &Docker, data_dir: &Path) {
+    let dir = std::fs::canonicalize(data_dir).unwrap();
+    let options = ListContainersOptions {
+        all: true,
+        filters: Some(HashMap::from([(
+            "label".to_string(),
+            vec![format!("stacyvm.data_dir={}", dir.display())],
+        )])),
+        ..Default::default()
+    };
+    for c in docker.list_containers(Some(options)).await.unwrap() {
+        let force = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        docker.remove_container(&c.id.unwrap(), Some(force)).await.ok();
+    }
+}
+
+fn docker_settings(s: &mut Settings) {
+    s.docker.default_image = BUSYBOX.into();
+    s.docker.recheck_interval = Duration::from_millis(200);
+}
+
+async fn spawn_docker() -> TestApp {
+    TestApp::spawn_with(docker_settings).await
+}
+
+async fn create_docker(app: &TestApp, body: Value) -> String {
+    let mut body = body;
+    body["provider"] = json!("docker");
+    app.create_sandbox(body).await
+}
+
+fn container(id: &str) -> String {
+    format!("stacyvm-{id}")
+}
+
+async fn container_exists(docker: &Docker, id: &str) -> bool {
+    docker.inspect_container(&container(id), None).await.is_ok()
+}
+
+/// Waits up to `limit` for `check` to hold.
+async fn eventually<F: std::future::Future<Output = bool>>(limit: Duration, mut check: impl FnMut() -> F) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Command lines of every process in the container, seen from the host.
+async fn processes(docker: &Docker, id: &str) -> Vec<String> {
+    let top = docker.top_processes(&container(id), None).await.unwrap();
+    let titles = top.titles.unwrap_or_default();
+    let cmd = titles.iter().position(|t| t == "CMD" || t == "COMMAND").unwrap();
+    top.processes
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| p[cmd].clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_docker_sandbox_runs_commands_with_exit_codes_stderr_env_workdir_and_stdin() {
+    let Some(docker) = docker_or_skip().await else { return };
+    let app = spawn_docker().await;
+    let (status, created) = send(
+        app.post("/sandboxes")
+            .json(&json!({"provider": "docker", "memory_mb": 256})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["provider"], "docker");
+    assert_eq!(created["image"], BUSYBOX);
+    assert_eq!(created["state"], "running");
+    let id = created["id"].as_str().unwrap();
+
+    let out = app.run(id, "echo hello").await;
+    assert_eq!(
+        (out["exit_code"].clone(), out["stdout"].clone(), out["stderr"].clone()),
+        (json!(0), json!("hello\n"), json!(""))
+    );
+    let out = app.run(id, "exit 42").await;
+    assert_eq!(out["exit_code"], 42);
+    let out = app.run(id, "echo oops >&2; echo out").await;
+    assert_eq!(
+        (out["stdout"].clone(), out["stderr"].clone()),
+        (json!("out\n"), json!("oops\n"))
+    );
+
+    let (_, out) = app
+        .exec(
+            id,
+            json!({"command": "echo $GREETING", "env": {"GREETING": "hi there"}}),
+        )
+        .await;
+    assert_eq!(out["stdout"], "hi there\n");
+    let (_, out) = app.exec(id, json!({"command": "pwd"})).await;
+    assert_eq!(out["stdout"], "/workspace\n");
+    let (_, out) = app.exec(id, json!({"command": "pwd", "workdir": "/tmp"})).await;
+    assert_eq!(out["stdout"], "/tmp\n");
+    let (_, out) = app
+        .exec(id, json!({"command": "cat; echo", "stdin": "from stdin"}))
+        .await;
+    assert_eq!(out["stdout"], "from stdin\n");
+    // Shell mode quotes args; argv mode passes them untouched.
+    let (_, out) = app
+        .exec(id, json!({"command": "printf '%s|'", "args": ["a b", "$HOME", "it's"]}))
+        .await;
+    assert_eq!(out["stdout"], "a b|$HOME|it's|");
+    let (_, out) = app
+        .exec(
+            id,
+            json!({"command": "printf", "mode": "argv", "args": ["%s|", "a b", "c;d"]}),
+        )
+        .await;
+    assert_eq!(out["stdout"], "a b|c;d|");
+    let (_, out) = app.exec(id, json!({"command": "no-such-program"})).await;
+    assert_eq!(out["exit_code"], 127);
+
+    // Files persist between execs.
+    app.run(id, "echo kept > note.txt").await;
+    assert_eq!(app.run(id, "cat /workspace/note.txt").await["stdout"], "kept\n");
+
+    assert_error(
+        &app.exec(id, json!({"command": "pwd", "workdir": "/nope"})).await,
+        400,
+        "bad_request",
+        "workdir /nope does not exist in the sandbox",
+    );
+    assert_error(
+        &app.exec(id, json!({"command": "pwd", "workdir": "/workspace/note.txt"}))
+            .await,
+        400,
+        "bad_request",
+        "workdir /workspace/note.txt is not a directory",
+    );
+    // The container is hardened.
+    let out = app.run(id, "grep -E '^(CapEff|NoNewPrivs)' /proc/self/status").await;
+    assert_eq!(out["stdout"], "CapEff:\t0000000000000000\nNoNewPrivs:\t1\n");
+    remove_containers_of(&docker, &app).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_files_route_works_on_a_docker_sandbox() {
+    let Some(docker) = docker_or_skip().await else { return };
+    let app = spawn_docker().await;
+    let id = create_docker(&app, json!({})).await;
+    let f = |route: &str| format!("/sandboxes/{id}/files{route}");
+    let (status, body) = send(
+        app.post(&f(""))
+            .json(&json!({"path": "dir/a.txt", "content": "hello", "mode": "0600"})),
+    )
+    .await;
+    assert_eq!((status, body), (200, json!({"status": "written"})));
+    let bytes: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+    let (status, body) = send(app.put(&f("?path=/tmp/bin.dat")).body(bytes.clone())).await;
+    assert_eq!((status, body), (200, json!({"status": "written"})));
+    let got = app.get(&f("?path=/tmp/bin.dat")).send().await.unwrap();
+    assert_eq!(got.headers()["content-type"], "application/octet-stream");
+    assert_eq!(got.bytes().await.unwrap().to_vec(), bytes);
+    let out = app.run(&id, "md5sum /tmp/bin.dat | cut -c1-32").await;
+    let digest = app.run(&id, "head -c 300000 /tmp/bin.dat | md5sum | cut -c1-32").await;
+    assert_eq!(out["stdout"], digest["stdout"]);
+    let (status, _) = send(
+        app.post(&f(""))
+            .json(&json!({"path": "b64.bin", "content": "AAH/", "encoding": "base64"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(app.run(&id, "od -An -tu1 b64.bin").await["stdout"], "   0   1 255\n");
+
+    let (_, stat) = send(app.get(&f("/stat?path=dir/a.txt"))).await;
+    assert_eq!(stat["name"], "a.txt");
+    assert_eq!(stat["path"], "/workspace/dir/a.txt");
+    assert_eq!(stat["size"], 5);
+    assert_eq!(stat["mode"], "0600");
+    assert_eq!(stat["is_dir"], false);
+    assert!(stat["mod_time"].as_str().unwrap().ends_with('Z'), "{stat}");
+
+    // A name with a newline and a leading dash is listed intact.
+    app.run(&id, "printf x > \"$(printf 'odd\\nname')\"; touch ./-dash")
+        .await;
+    let (_, list) = send(app.get(&f("/list?path=/workspace"))).await;
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["-dash", "b64.bin", "dir", "odd\nname"]);
+    assert_eq!(list[2]["is_dir"], true);
+    assert_eq!(list[2]["path"], "/workspace/dir");
+    let (_, list) = send(app.get(&f("/list?path=dir/a.txt"))).await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["name"], "a.txt");
+
+    let (status, body) = send(
+        app.post(&f("/move"))
+            .json(&json!({"old_path": "dir/a.txt", "new_path": "/workspace/moved/b.txt"})),
+    )
+    .await;
+    assert_eq!((status, body), (200, json!({"status": "moved"})));
+    let (status, body) = send(
+        app.post(&f("/chmod"))
+            .json(&json!({"path": "moved/b.txt", "mode": "0755"})),
+    )
+    .await;
+    assert_eq!((status, body), (200, json!({"status": "chmod applied"})));
+    assert_eq!(send(app.get(&f("/stat?path=moved/b.txt"))).await.1["mode"], "0755");
+
+    let (_, glob) = send(app.get(&f("/glob?pattern=**/*.txt"))).await;
+    assert_eq!(glob, json!(["/workspace/moved/b.txt"]));
+    let (_, glob) = send(app.get(&f("/glob?pattern=/tmp/*.dat"))).await;
+    assert_eq!(glob, json!(["/tmp/bin.dat"]));
+
+    // The program sees what the API wrote.
+    assert_eq!(app.run(&id, "cat moved/b.txt").await["stdout"], "hello");
+
+    assert_error(
+        &send(app.delete(&f("?path=moved"))).await,
+        409,
+        "conflict",
+        "directory /workspace/moved is not empty; pass recursive=true to delete it",
+    );
+    let (status, body) = send(app.delete(&f("?path=moved&recursive=true"))).await;
+    assert_eq!((status, body), (200, json!({"status": "deleted"})));
+    assert_error(
+        &send(app.get(&f("/stat?path=moved"))).await,
+        404,
+        "not_found",
+        "file /workspace/moved not found",
+    );
+    assert_error(
+        &send(app.get(&f("?path=nothing.txt"))).await,
+        404,
+        "not_found",
+        "file /workspace/nothing.txt not found",
+    );
+    assert_error(
+        &send(app.delete(&f("?path=nothing.txt"))).await,
+        404,
+        "not_found",
+        "file /workspace/nothing.txt not found",
+    );
+    assert_error(
+        &send(app.get(&f("?path=/tmp"))).await,
+        400,
+        "bad_request",
+        "/tmp is a directory",
+    );
+    assert_error(
+        &send(app.post(&f("")).json(&json!({"path": "/tmp", "content": "x"}))).await,
+        400,
+        "bad_request",
+        "/tmp is a directory",
+    );
+    // A symlink inside the container is followed inside the container.
+    app.run(&id, "echo target > t.txt; ln -s t.txt link.txt; ln -s /etc/passwd pw")
+        .await;
+    let got = app.get(&f("?path=link.txt")).send().await.unwrap();
+    assert_eq!(got.text().await.unwrap(), "target\n");
+    let got = app.get(&f("?path=pw")).send().await.unwrap();
+    assert!(got.text().await.unwrap().starts_with("root:x:0:0:"));
+    remove_containers_of(&docker, &app).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timed_out_sleep_or_busy_loop_answers_408_and_no_longer_exists() {
+    let Some(docker) = docker_or_skip().await else { return };
+    let app = spawn_docker().await;
+    let id = create_docker(&app, json!({})).await;
+
+    let started = Instant::now();
+    let (status, body) = app
+        .exec(&id, json!({"command": "echo started; sleep 1000", "timeout": "1s"}))
+        .await;
+    assert_eq!(status, 408, "{body}");
+    assert_eq!(body["code"], "timeout");
+    assert_eq!(
+        body["message"],
+        "the command ran past its timeout of 1s and was stopped"
+    );
+    assert_eq!(body["stdout"], "started\n");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    let (status, body) = app
+        .exec(&id, json!({"command": "until false; do :; done", "timeout": "1s"}))
+        .await;
+    assert_eq!(status, 408, "{body}");
+    // argv mode, and a child that left the wrapper's process group.
+    let (status, _) = app
+        .exec(
+            &id,
+            json!({"command": "setsid", "mode": "argv", "args": ["sleep", "1001"], "timeout": "500ms"}),
+        )
+        .await;
+    assert_eq!(status, 408);
+
+    let left = processes(&docker, &id).await;
+    for gone in ["sleep 1000", "until false", "sleep 1001"] {
+        assert!(!left.iter().any(|p| p.contains(gone)), "{gone:?} still runs: {left:?}");
+    }
+    // Seen from inside too: only the keep-alive remains.
+    let out = app
+        .run(
+            &id,
+            "ps -o args | grep -c -e 'sleep 100[01]' -e 'until fals[e]' || true",
+        )
+        .await;
+    assert_eq!(out["stdout"], "0\n");
+    // The sandbox still works after the kills.
+    assert_eq!(app.run(&id, "echo fine").await["stdout"], "fine\n");
+    remove_containers_of(&docker, &app).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_allocation_over_memory_mb_is_oom_killed_and_the_answer_says_so() {
+    let Some(docker) = docker_or_skip().await else { return };
+    let app = spawn_docker().await;
+    let id = create_docker(&app, json!({"memory_mb": 32})).await;
+    // awk doubles a string until it holds about 16 MiB (obeyed), then
+    // without end (violated).
+    let grow =
+        |limit: u64| format!("awk 'BEGIN {{ s = \"x\"; while (length(s) < {limit}) s = s s; print length(s) }}'");
+    let out = app.run(&id, &grow(8 << 20)).await;
+    assert_eq!(out["stdout"], format!("{}\n", 8 << 20));
+    let (status, body) = app
+        .exec(&id, json!({"command": format!("echo before; {}", grow(1 << 40))}))
+        .await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["code"], "resource_limit");
+    assert_eq!(
+        body["message"],
+        "the command exceeded its memory limit of 32 MiB and was stopped"
+    );
+    assert_eq!(body["stdout"], "before\n");
+    // A plain SIGKILL is an exit code, reported by sh as usual, not a
+    // memory limit.
+    let out = app.run(&id, "kill -9 $$").await;
+    assert_eq!(
+        (out["exit_code"].clone(), out["stderr"].clone()),
+        (json!(137), json!("Killed\n"))
+    );
+
+    if has_image(&docker, PYTHON).await {
+        let id = create_docker(&app, json!({"image": PYTHON, "memory_mb": 64})).await;
+        let alloc = |mb: u32| format!("python3 -c \"b = b'a' * ({mb} << 20); print(len(b) >> 20)\"");
+        assert_eq!(app.run(&id, &alloc(16)).await["stdout"], "16\n");
+        let (status, body) = app.exec(&id, json!({"command": alloc(200)})).await;
+        assert_eq!(status, 429, "{body}");
+        assert_eq!(
+            body["message"],
+            "the command exceeded its memory limit of 64 MiB and was stopped"
+        );
+    }
+    remove_containers_of(&docker, &app).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fork_bomb_is_contained_by_the_pids_limit() {
+    let Some(docker) = docker_or_skip().await else { return };
+    let app = TestApp::spawn_with(|s| {
+        docker_settings(s);
+        s.docker.pids_limit = 64;
+    })
+    .await;
+    let id = create_docker(&app, json!({})).await;
+    let (status, body) = app
+        .exec(
+            &id,
+            json!({"command": "bomb() { bomb | bomb & }; bomb; sleep 30", "timeout": "3s"}),
+        )
+        .await;
+    assert_eq!(status, 408, "{body}");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            processes(&docker, &id).await.len() <= 3
+        })
+        .await,
+        "the bomb is still there: {:?}",
+        processes(&docker, &id).await
+    );
+    assert_eq!(app.run(&id, "echo still here").await["stdout"], "still here\n");
+    let (status, _) = send(app.get("/health")).await;
+    assert_eq!(status, 200);
+    remove_containers_of(&docker, &app).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outbound_connections_fail_on_the_internal_and_none_networks_yet_preview_reaches_the_container() {
+    let Some(docker) = docker_or_skip().await else { return };
+    let app = spawn_docker().await;
+    let id = create_docker(&app, json!({})).await;
+    let out = app.run(&id, "nc -w 2 1.1.1.1 80 </dev/null; echo exit=$?").await;
+    assert_ne!(out["stdout"], "exit=0\n", "{out}");
+    // The host still reaches the container: preview works.
+    app.run(
+        &id,
+        "mkdir -p www && echo served > www/index.html && httpd -p 8080 -h /workspace/www",
+    )
+    .await;
+    let got = app
+        .get(&format!("/sandboxes/{id}/preview/8080/index.html"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.text().await.unwrap(), "served\n");
+
+    let none = TestApp::spawn_with(|s| {
+        docker_settings(s);
+        s.docker.network = "none".into();
+    })
+    .await;
+    let id = create_docker(&none, json!({})).await;
+    let out = none.run(&id, "nc -w 2 1.1.1.1 80 </dev/null; echo exit=$?").await;
+    assert_eq!(out["stdout"], "exit=1\n", "{out}");
+    assert_error_contains(
+        &send(none.get(&format!("/sandboxes/{id}/preview/8080/index.html"))).await,
+        422,
+        "unsupported",
+        "docker.network is \"none\"",
+    );
+    remove_containers_of(&docker, &app).await;
+    remove_containers_of(&docker, &none).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn destroy_and_ttl_expiry_remove_the_container_and_its_volume() {
+    let Some(docker) = docker_or_skip().await else { return };
+    let app = spawn_docker().await;
+    let id = create_docker(&app, json!({})).await;
+    let inspect = docker.inspect_container(&container(&id), None).await.unwrap();
+    let volume = inspect.mounts.unwrap()[0].name.clone().unwrap();
+    let labels = inspect.config.unwrap().labels.unwrap();
+    assert_eq!(labels["stacyvm.sandbox"], id);
+    assert_eq!(labels["stacyvm.tenant"], "default");
+    let (status, body) = send(app.delete(&format!("/sandboxes/{id}"))).await;
+    assert_eq!((status, body), (200, json!({"status": "destroyed"})));
+    assert!(!container_exists(&docker, &id).await);
+    assert!(docker.inspect_volume(&volume).await.is_err(), "volume {volume} is left");
+    let (status, _) = send(app.delete(&format!("/sandboxes/{id}"))).await;
+    assert_eq!(status, 200);
+
+    let id = create_docker(&app, json!({"ttl": "1s"})).await;
+    assert!(container_exists(&docker, &id).await);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !container_exists(&docker, &id).await
+        })
+        .await
+    );
+    assert_eq!(send(app.get(&format!("/sandboxes/{id}"))).await.0, 404);
+}
+
+/// Starts a server on `data_dir`, which outlives it.
+async fn spawn_on(data_dir: &Path, on_shutdown: &str) -> TestApp {
+    let (dir, policy) = (data_dir.to_path_buf(), on_shutdown.to_string());
+    TestApp::spawn_with(move |s| {
+        docker_settings(s);
+        s.data_dir = dir;
+        s.docker.on_shutdown = policy;
+    })
+    .await
+}
+
+/// A bare container with the given labels, as a crashed server leaves one.
+async fn plant(docker: &Docker, name: &str, labels: std::collections::HashMap<String, String>) {
+    let body = ContainerCreateBody {
+        image: Some(BUSYBOX.into()),
+        cmd: Some(vec!["sleep".into(), "600".into()]),
+        labels: Some(labels),
+        host_config: Some(HostConfig {
+            network_mode: Some("none".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let options = CreateContainerOptions {
+        name: Some(name.into()),
+        ..Default::default()
+    };
+    docker.create_container(Some(options), body).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_readopts_registered_containers_and_removes_unregistered_ones() {
+    let Some(docker) = docker_or_skip().await else { return };
+    let data = tempfile::tempdir().unwrap();
+    let first = spawn_on(data.path(), "keep").await;
+    let kept = create_docker(&first, json!({})).await;
+    let lost = create_docker(&first, json!({})).await;
+    first.run(&kept, "echo survived > state.txt").await;
+    let labels = docker
+        .inspect_container(&container(&kept), None)
+        .await
+        .unwrap()
+        .config
+        .unwrap()
+        .labels
+        .unwrap();
+    drop(first);
+    // The server stops in the background; its containers stay.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(container_exists(&docker, &kept).await);
+
+    // While it is down: a container of this server that no registry entry
+    // knows, one of another server, and a registered container gone.
+    let mut orphan = labels.clone();
+    orphan.insert("stacyvm.sandbox".into(), "sb_00000000000000000000".into());
+    let orphan_name = format!("stacyvm-test-orphan-{kept}");
+    plant(&docker, &orphan_name, orphan).await;
+    let mut foreign = labels.clone();
+    foreign.insert("stacyvm.instance".into(), "someoneelse".into());
+    let foreign_name = format!("stacyvm-test-foreign-{kept}");
+    plant(&docker, &foreign_name, foreign).await;
+    let force = RemoveContainerOptions {
+        force: true,
+        v: true,
+        ..Default::default()
+    };
+    docker
+        .remove_container(&container(&lost), Some(force.clone()))
+        .await
+        .unwrap();
+
+    let second = spawn_on(data.path(), "remove").await;
+    assert!(
+        docker.inspect_container(&orphan_name, None).await.is_err(),
+        "the orphan is left"
+    );
+    assert!(
+        docker.inspect_container(&foreign_name, None).await.is_ok(),
+        "another server's container was removed"
+    );
+    docker.remove_container(&foreign_name, Some(force)).await.unwrap();
+    assert_eq!(send(second.get(&format!("/sandboxes/{lost}"))).await.0, 404);
+    let (status, body) = send(second.get(&format!("/sandboxes/{kept}"))).await;
+    assert_eq!((status, body["provider"].clone()), (200, json!("docker")));
+    assert_eq!(second.run(&kept, "cat state.txt").await["stdout"], "survived\n");
+
+    // With on_shutdown = remove, stopping the server removes its containers.
+    drop(second);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !container_exists(&docker, &kept).await
+        })
+        .await
+    );
+    remove_containers_in(&docker, data.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_that_is_neither_local_nor_pullable_is_a_400_naming_it() {
+    let Some(_docker) = docker_or_skip().await else { return };
+    let app = spawn_docker().await;
+    let started = Instant::now();
+    let got = send(
+        app.post("/sandboxes")
+            .json(&json!({"provider": "docker", "image": "localhost:1/stacyvm-no-such-image:1"})),
+    )
+    .await;
+    assert_error_contains(
+        &got,
+        400,
+        "bad_request",
+        "docker image \"localhost:1/stacyvm-no-such-image:1\" is not present locally and could not be pulled",
+    );
+    assert!(started.elapsed() < Duration::from_secs(65));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_daemon_makes_docker_unavailable_while_wasm_keeps_serving() {
+    let app = TestApp::spawn_with(|s| {
+        docker_settings(s);
+        s.docker.host = Some("unix:///nonexistent.sock".into());
+    })
+    .await;
+    let (status, docker) = send(app.get("/providers/docker")).await;
+    assert_eq!(status, 200);
+    assert_eq!(docker["available"], false);
+    assert_eq!(
+        docker["reason"],
+        "cannot reach the Docker daemon at unix:///nonexistent.sock: Socket not found: /nonexistent.sock"
+    );
+    let got = send(app.post("/sandboxes").json(&json!({"provider": "docker"}))).await;
+    assert_error(
+        &got,
+        503,
+        "unavailable",
+        "the docker provider is unavailable: cannot reach the Docker daemon at unix:///nonexistent.sock: Socket not found: /nonexistent.sock",
+    );
+    let id = app.create_wasm().await;
+    let out = app.run(&id, "python3 -c 'print(6 * 7)'").await;
+    assert_eq!(out["stdout"], "42\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_that_appears_later_is_picked_up_and_one_that_goes_away_is_noticed() {
+    let Some(_docker) = docker_or_skip().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("docker.sock");
+    let host = format!("unix://{}", socket.display());
+    let app = TestApp::spawn_with(|s| {
+        docker_settings(s);
+        s.docker.host = Some(host.clone());
+    })
+    .await;
+    let available = || async { send(app.get("/providers/docker")).await.1["available"] == true };
+    assert!(!available().await);
+    // The daemon "starts": its socket appears.
+    std::os::unix::fs::symlink("/var/run/docker.sock", &socket).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), available).await,
+        "the daemon was not picked up"
+    );
+    let id = create_docker(&app, json!({})).await;
+    assert_eq!(app.run(&id, "echo up").await["stdout"], "up\n");
+    // The daemon "stops": the next call or recheck notices.
+    std::fs::remove_file(&socket).unwrap();
+    assert!(eventually(Duration::from_secs(5), || async { !available().await }).await);
+    let got = app.exec(&id, json!({"command": "echo down"})).await;
+    assert_eq!(got.0, 503, "{}", got.1);
+    assert_eq!(got.1["code"], "unavailable");
+    std::os::unix::fs::symlink("/var/run/docker.sock", &socket).unwrap();
+    assert!(eventually(Duration::from_secs(5), available).await);
+    send(app.delete(&format!("/sandboxes/{id}"))).await;
+}

@@ -50,6 +50,30 @@ struct ErrorBody<'a> {
     duration_ms: Option<f64>,
 }
 
+impl ApiError {
+    /// The `code` and `message` this error answers with, for framings other
+    /// than a plain response (NDJSON, WebSocket).
+    pub fn code_and_message(self) -> (&'static str, String) {
+        let response = self.into_response();
+        let code = response
+            .extensions()
+            .get::<ErrorCode>()
+            .map(|c| c.0)
+            .unwrap_or("internal");
+        let message = response
+            .extensions()
+            .get::<ErrorMessage>()
+            .map(|m| m.0.clone())
+            .unwrap_or_default();
+        (code, message)
+    }
+}
+
+#[derive(Clone)]
+struct ErrorCode(&'static str);
+#[derive(Clone)]
+struct ErrorMessage(String);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message, partial) = match self {
@@ -79,6 +103,7 @@ impl IntoResponse for ApiError {
                 )
             }
         };
+        let extensions = (ErrorCode(code), ErrorMessage(message.clone()));
         let body = ErrorBody {
             code,
             message,
@@ -91,7 +116,10 @@ impl IntoResponse for ApiError {
             truncated: partial.as_ref().is_some_and(|o| o.truncated),
             duration_ms: partial.as_ref().map(|o| o.duration.as_secs_f64() * 1000.0),
         };
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        response.extensions_mut().insert(extensions.0);
+        response.extensions_mut().insert(extensions.1);
+        response
     }
 }
 
@@ -124,6 +152,10 @@ impl From<ServiceError> for ApiError {
                         unreachable!()
                     };
                     ApiError::ResourceLimit(message, Some(partial))
+                }
+                // Nobody is left to read this answer; it only reaches the log.
+                ProviderError::Cancelled => {
+                    ApiError::Conflict("the client disconnected and the command was stopped".into())
                 }
                 ProviderError::Internal(e) => ApiError::Internal(e),
             },

@@ -3,6 +3,7 @@
 //! result; they never touch wasmtime or Docker.
 
 pub mod error;
+mod exec;
 pub mod extract;
 mod files;
 mod preview;
@@ -35,6 +36,7 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.service.settings().http.body_limit_bytes;
     let api = Router::new()
         .merge(sandboxes::router())
+        .merge(exec::router())
         .merge(files::router(state.service.settings().http.file_limit_bytes))
         .merge(system::router());
     Router::new()

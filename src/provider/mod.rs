@@ -5,6 +5,7 @@
 //! Docker. Optional capabilities default to [`ProviderError::Unsupported`].
 
 pub mod docker;
+pub mod glob;
 pub mod unavailable;
 pub mod wasm;
 
@@ -52,6 +53,9 @@ pub enum ProviderError {
     /// The command was stopped for exceeding its memory limit.
     #[error("the command exceeded its memory limit of {limit_mb} MiB and was stopped")]
     MemoryLimit { limit_mb: u64, partial: Box<ExecOutput> },
+    /// The client went away, and the command was stopped.
+    #[error("the client disconnected and the command was stopped")]
+    Cancelled,
     /// Anything else; the detail goes to the log only.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -78,6 +82,31 @@ pub struct ExecSpec {
     pub workdir: SandboxPath,
     pub timeout: Duration,
     pub stdin: Option<Vec<u8>>,
+}
+
+/// Which output stream a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamKind {
+    Stdout,
+    Stderr,
+}
+
+/// A piece of output, sent as soon as the command produces it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputChunk {
+    pub stream: StreamKind,
+    pub data: Vec<u8>,
+}
+
+/// Live input and output of an exec. Output is bounded by the output cap, so
+/// the channel needs no bound; a closed receiver means the client left, and
+/// the command is stopped.
+#[derive(Default)]
+pub struct ExecIo {
+    pub output: Option<tokio::sync::mpsc::UnboundedSender<OutputChunk>>,
+    /// Standard input fed while the command runs (instead of `spec.stdin`).
+    pub stdin: Option<Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>>,
 }
 
 /// What a finished command produced. A non-zero exit is a normal result.
@@ -169,6 +198,42 @@ pub trait Provider: Send + Sync {
     async fn remove_orphans(&self, known: &[Sandbox]) -> anyhow::Result<usize>;
 
     async fn exec(&self, sandbox: &Sandbox, spec: ExecSpec) -> Result<ExecOutput, ProviderError>;
+
+    /// Exec with live output and input. Providers that cannot stream get
+    /// this default: stdin is read to its end first, and the output is sent
+    /// when the command has finished.
+    async fn exec_io(&self, sandbox: &Sandbox, mut spec: ExecSpec, io: ExecIo) -> Result<ExecOutput, ProviderError> {
+        if let Some(mut stdin) = io.stdin {
+            let mut buf = spec.stdin.take().unwrap_or_default();
+            tokio::io::AsyncReadExt::read_to_end(&mut stdin, &mut buf)
+                .await
+                .map_err(|e| ProviderError::Internal(e.into()))?;
+            spec.stdin = Some(buf);
+        }
+        let result = self.exec(sandbox, spec).await;
+        if let Some(tx) = io.output {
+            let out = match &result {
+                Ok(out) => Some(out),
+                Err(ProviderError::Timeout { partial, .. })
+                | Err(ProviderError::FuelExhausted { partial, .. })
+                | Err(ProviderError::MemoryLimit { partial, .. }) => Some(partial.as_ref()),
+                Err(_) => None,
+            };
+            for (stream, data) in out
+                .into_iter()
+                .flat_map(|o| [(StreamKind::Stdout, &o.stdout), (StreamKind::Stderr, &o.stderr)])
+            {
+                if !data.is_empty() {
+                    tx.send(OutputChunk {
+                        stream,
+                        data: data.clone(),
+                    })
+                    .ok();
+                }
+            }
+        }
+        result
+    }
 
     async fn write_file(
         &self,

@@ -15,7 +15,7 @@ use self::path::SandboxPath;
 use self::registry::SandboxRegistry;
 use crate::duration;
 use crate::provider::{
-    ExecMode, ExecOutput, ExecSpec, FileEntry, Provider, ProviderError, ProviderStatus, SandboxStats,
+    ExecIo, ExecMode, ExecOutput, ExecSpec, FileEntry, Provider, ProviderError, ProviderStatus, SandboxStats,
 };
 use crate::settings::Settings;
 
@@ -82,6 +82,14 @@ pub struct ExecRequest {
     pub workdir: Option<String>,
     pub timeout: Option<String>,
     pub stdin: Option<Vec<u8>>,
+}
+
+/// An exec that passed every check and is ready to run.
+pub struct PreparedExec {
+    sandbox: Sandbox,
+    provider: Arc<dyn Provider>,
+    spec: ExecSpec,
+    summary: String,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -332,7 +340,17 @@ impl SandboxService {
     /// Destroys every expired sandbox; returns how many.
     pub async fn reap_expired(&self) -> usize {
         let now = SystemTime::now();
-        let expired = self.registry.filter(|sb| sb.expires_at <= now);
+        // A provider that is down cannot free anything; its sandboxes are
+        // reaped once it is back, instead of failing every tick.
+        let down: Vec<&str> = self
+            .providers
+            .values()
+            .filter(|p| !p.status().available)
+            .map(|p| p.name())
+            .collect();
+        let expired = self
+            .registry
+            .filter(|sb| sb.expires_at <= now && !down.contains(&sb.provider.as_str()));
         let mut reaped = 0;
         for sb in expired {
             match self.destroy_sandbox(&sb).await {
@@ -347,6 +365,13 @@ impl SandboxService {
     }
 
     pub async fn exec(&self, tenant: &TenantId, id: &str, req: ExecRequest) -> Result<ExecOutput, ServiceError> {
+        let prepared = self.prepare_exec(tenant, id, req)?;
+        self.run_exec(prepared, ExecIo::default()).await
+    }
+
+    /// Checks an exec request against the sandbox and the limits, before
+    /// anything runs, so that a streaming answer can still carry the status.
+    pub fn prepare_exec(&self, tenant: &TenantId, id: &str, req: ExecRequest) -> Result<PreparedExec, ServiceError> {
         let sb = self.get(tenant, id)?;
         if sb.state != SandboxState::Running {
             return Err(ServiceError::Conflict(format!("sandbox {} is not running", sb.id)));
@@ -375,6 +400,7 @@ impl SandboxService {
         }
         let workdir = SandboxPath::parse(req.workdir.as_deref().unwrap_or(path::WORKSPACE))
             .map_err(|e| ServiceError::BadRequest(format!("workdir: {e}")))?;
+        let provider = self.provider(&sb.provider)?.clone();
         let summary = summarize(&req.command, &req.args);
         let spec = ExecSpec {
             mode: req.mode,
@@ -385,21 +411,36 @@ impl SandboxService {
             timeout,
             stdin: req.stdin,
         };
-        let provider = self.provider(&sb.provider)?;
-        let result = provider.exec(&sb, spec).await;
+        Ok(PreparedExec {
+            sandbox: sb,
+            provider,
+            spec,
+            summary,
+        })
+    }
+
+    /// Runs a prepared exec; `io` can stream its output and feed its stdin.
+    pub async fn run_exec(&self, prepared: PreparedExec, io: ExecIo) -> Result<ExecOutput, ServiceError> {
+        let PreparedExec {
+            sandbox: sb,
+            provider,
+            spec,
+            summary,
+        } = prepared;
+        let result = provider.exec_io(&sb, spec, io).await;
         let outcome = match &result {
             Ok(out) => format!("exit {} in {}", out.exit_code, duration::format(out.duration)),
             Err(ProviderError::Timeout { .. }) => "timed out".into(),
             Err(e) => format!("failed: {e}"),
         };
-        self.record(
-            &sb.id,
-            format!(
-                "{} exec {summary}: {outcome}",
-                humantime::format_rfc3339_seconds(SystemTime::now())
-            ),
-        );
+        let now = humantime::format_rfc3339_seconds(SystemTime::now());
+        self.record(&sb.id, format!("{now} exec {summary}: {outcome}"));
         Ok(result?)
+    }
+
+    /// The timeout a prepared exec will run with.
+    pub fn timeout_of(prepared: &PreparedExec) -> Duration {
+        prepared.spec.timeout
     }
 
     fn record(&self, id: &SandboxId, line: String) {

@@ -242,7 +242,204 @@ async fn stream_mode_frames_the_output_as_ndjson_with_the_exit_code_last() {
     assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
     let text = resp.text().await.unwrap();
     let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3, "{text}");
     assert_eq!(lines[0], json!({"stream": "stdout", "data": "1\n"}));
     assert_eq!(lines[1], json!({"stream": "stderr", "data": "2\n"}));
     assert_eq!(lines[2]["exit_code"], 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streamed_output_arrives_while_the_command_still_runs() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    let started = std::time::Instant::now();
+    let mut resp = app
+        .post(&format!("/sandboxes/{id}/exec"))
+        .json(&json!({"command": "python3 -c \"import time;print(1,flush=True);time.sleep(1);print(2)\"", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    let first = resp.chunk().await.unwrap().unwrap();
+    let first_at = started.elapsed();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&first).unwrap(),
+        json!({"stream": "stdout", "data": "1\n"})
+    );
+    let mut rest = Vec::new();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        rest.extend_from_slice(&chunk);
+    }
+    let total = started.elapsed();
+    let rest = String::from_utf8(rest).unwrap();
+    let lines: Vec<serde_json::Value> = rest.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0], json!({"stream": "stdout", "data": "2\n"}));
+    assert_eq!(lines[1]["exit_code"], 0);
+    assert!(total >= std::time::Duration::from_secs(1), "{total:?}");
+    assert!(
+        first_at + std::time::Duration::from_millis(800) < total,
+        "first chunk at {first_at:?}, end at {total:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamed_timeout_ends_with_an_error_line_after_the_partial_output() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    let text = app
+        .post(&format!("/sandboxes/{id}/exec"))
+        .json(&json!({"command": "python3 -c 'print(\"a\", flush=True)\nwhile True: pass'", "stream": true, "timeout": "500ms"}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0], json!({"stream": "stdout", "data": "a\n"}));
+    assert_eq!(
+        lines[1],
+        json!({"error": {"code": "timeout", "message": "the command ran past its timeout of 500ms and was stopped"}})
+    );
+    // Errors found before the command starts keep their status code.
+    let got = crate::helpers::send(
+        app.post(&format!("/sandboxes/{id}/exec"))
+            .json(&json!({"command": "python3 -V", "stream": true, "timeout": "1y"})),
+    )
+    .await;
+    assert_eq!(got.0, 400);
+}
+
+async fn ws_connect(
+    app: &TestApp,
+    id: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let url = app
+        .url(&format!("/sandboxes/{id}/exec/ws"))
+        .replacen("http://", "ws://", 1);
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket connects")
+        .0
+}
+
+async fn ws_send(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    v: serde_json::Value,
+) {
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(v.to_string().into()))
+        .await
+        .unwrap();
+}
+
+async fn ws_next(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+) -> Option<serde_json::Value> {
+    use futures_util::StreamExt;
+    loop {
+        match ws.next().await?.ok()? {
+            tokio_tungstenite::tungstenite::Message::Text(t) => return Some(serde_json::from_str(&t).unwrap()),
+            tokio_tungstenite::tungstenite::Message::Close(_) => return None,
+            _ => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_exec_delivers_stdin_sent_after_the_start() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    let mut ws = ws_connect(&app, &id).await;
+    ws_send(
+        &mut ws,
+        json!({"type": "start", "command": "python3 -c \"print('ready', flush=True); print(input()[::-1])\""}),
+    )
+    .await;
+    assert_eq!(
+        ws_next(&mut ws).await.unwrap(),
+        json!({"type": "stdout", "data": "ready\n"})
+    );
+    ws_send(&mut ws, json!({"type": "stdin", "data": "stacyvm\n"})).await;
+    assert_eq!(
+        ws_next(&mut ws).await.unwrap(),
+        json!({"type": "stdout", "data": "mvycats\n"})
+    );
+    let exit = ws_next(&mut ws).await.unwrap();
+    assert_eq!(exit["type"], "exit");
+    assert_eq!(exit["exit_code"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_stdin_close_ends_input_and_errors_are_messages() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    let mut ws = ws_connect(&app, &id).await;
+    ws_send(
+        &mut ws,
+        json!({"type": "start", "command": "python3 -c 'import sys; print(len(sys.stdin.read()))'"}),
+    )
+    .await;
+    ws_send(&mut ws, json!({"type": "stdin", "data": "abc"})).await;
+    ws_send(&mut ws, json!({"type": "stdin", "data": "de"})).await;
+    ws_send(&mut ws, json!({"type": "stdin_close"})).await;
+    assert_eq!(
+        ws_next(&mut ws).await.unwrap(),
+        json!({"type": "stdout", "data": "5\n"})
+    );
+    assert_eq!(ws_next(&mut ws).await.unwrap()["exit_code"], 0);
+
+    let mut ws = ws_connect(&app, &id).await;
+    ws_send(
+        &mut ws,
+        json!({"type": "start", "command": "python3 -V", "timeout": "forever"}),
+    )
+    .await;
+    let err = ws_next(&mut ws).await.unwrap();
+    assert_eq!(err["type"], "error");
+    assert_eq!(err["code"], "bad_request");
+
+    // A program waiting for input forever still ends at its deadline.
+    let mut ws = ws_connect(&app, &id).await;
+    ws_send(
+        &mut ws,
+        json!({"type": "start", "command": "python3 -c 'input()\nwhile True: pass'", "timeout": "700ms"}),
+    )
+    .await;
+    let err = ws_next(&mut ws).await.unwrap();
+    assert_eq!(
+        err,
+        json!({"type": "error", "code": "timeout", "message": "the command ran past its timeout of 700ms and was stopped"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_client_that_disconnects_stops_the_program() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    let mut ws = ws_connect(&app, &id).await;
+    ws_send(
+        &mut ws,
+        json!({"type": "start", "command": "python3 -c 'import time\nprint(\"up\", flush=True)\nwhile True:\n    open(\"beat\", \"a\").write(\"x\"); time.sleep(0.05)'", "timeout": "60s"}),
+    )
+    .await;
+    assert_eq!(
+        ws_next(&mut ws).await.unwrap(),
+        json!({"type": "stdout", "data": "up\n"})
+    );
+    drop(ws);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let beat = app.sandbox_dir(&id).join("workspace/beat");
+    let size = std::fs::metadata(&beat).unwrap().len();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        std::fs::metadata(&beat).unwrap().len(),
+        size,
+        "the program kept running after the client left"
+    );
+    assert_error_contains(
+        &app.exec(&id, json!({"command": "python3 -V", "workdir": "nope"})).await,
+        400,
+        "bad_request",
+        "workdir",
+    );
 }

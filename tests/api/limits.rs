@@ -217,3 +217,28 @@ async fn the_sandbox_count_is_capped_per_tenant() {
         "this tenant already has the maximum of 2 sandboxes",
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sleeping_guest_is_stopped_at_its_deadline_and_a_short_sleep_completes() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    let out = app
+        .run(
+            &id,
+            "python3 -c 'import time; t = time.time(); time.sleep(0.2); print(round(time.time() - t, 1))'",
+        )
+        .await;
+    assert_eq!(out["stdout"], "0.2\n");
+    let started = Instant::now();
+    let got = app
+        .exec(&id, json!({"command": "python3 -c 'import time; print(\"zz\", flush=True); time.sleep(1000)'", "timeout": "1s"}))
+        .await;
+    assert_error(
+        &got,
+        408,
+        "timeout",
+        "the command ran past its timeout of 1s and was stopped",
+    );
+    assert_eq!(got.1["stdout"], "zz\n");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+}

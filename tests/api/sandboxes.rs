@@ -94,12 +94,6 @@ async fn create_rejects_bad_input_with_the_documented_codes() {
         "unknown wasm image \"ruby:3\"; known images: python:3.12",
     );
     assert_error_contains(
-        &create(json!({"provider": "docker"})).await,
-        503,
-        "unavailable",
-        "the docker provider is unavailable",
-    );
-    assert_error_contains(
         &create(json!({"memory_mb": "lots"})).await,
         400,
         "bad_request",
@@ -323,9 +317,10 @@ async fn health_ready_live_and_providers_are_real() {
     assert_eq!(wasm["images"], json!(["python:3.12", "python:3", "python", "python3"]));
     let docker = &providers[1];
     assert_eq!(docker["name"], "docker");
-    assert_eq!(docker["available"], false);
     assert_eq!(docker["default"], false);
-    assert!(docker["reason"].as_str().unwrap().contains("docker"));
+    // Whether a daemon runs here is the docker tests' business; either way
+    // the entry says so, with a reason when it is unavailable.
+    assert_eq!(docker["reason"].is_string(), docker["available"] == false, "{docker}");
     assert_eq!(send(app.get("/providers/wasm")).await.1, *wasm);
     assert_error(
         &send(app.get("/providers/xen")).await,

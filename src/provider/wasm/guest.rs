@@ -14,7 +14,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc::UnboundedSender;
 use wasmtime::{AsContextMut, Caller, Extern, Linker, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime_wasi::cli::AsyncStdinStream;
 use wasmtime_wasi::p1::wasi_snapshot_preview1::{self as wasi1, WasiSnapshotPreview1};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
@@ -23,7 +25,7 @@ use wiggle::GuestMemory;
 
 use super::engine::LoadedRuntime;
 use super::pipe::CapturePipe;
-use crate::provider::{ExecOutput, ProviderError};
+use crate::provider::{ExecOutput, OutputChunk, ProviderError, StreamKind};
 
 const WASI: &str = "wasi_snapshot_preview1";
 /// `__WASI_ERRNO_NOSPC`.
@@ -33,6 +35,10 @@ pub struct GuestState {
     wasi: WasiP1Ctx,
     limits: StoreLimits,
     quota: Quota,
+    /// When the exec must end; also bounds sleeps inside host calls.
+    deadline: Instant,
+    /// The live output channel, whose closing means the client left.
+    output: Option<UnboundedSender<OutputChunk>>,
 }
 
 struct Quota {
@@ -53,6 +59,18 @@ impl std::fmt::Display for DeadlineReached {
 }
 
 impl std::error::Error for DeadlineReached {}
+
+/// Marks the error raised when the client that receives the output left.
+#[derive(Debug)]
+struct ClientGone;
+
+impl std::fmt::Display for ClientGone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the client disconnected")
+    }
+}
+
+impl std::error::Error for ClientGone {}
 
 /// Registers WASI preview1, then shadows the functions that grow files.
 pub fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
@@ -114,6 +132,23 @@ pub fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
     )?;
     linker.func_wrap(
         WASI,
+        "poll_oneoff",
+        |mut caller: Caller<'_, GuestState>,
+         subs: i32,
+         events: i32,
+         nsubs: i32,
+         nevents: i32|
+         -> wasmtime::Result<i32> {
+            match sleep_only(&mut caller, subs, events, nsubs, nevents)? {
+                Some(errno) => Ok(errno),
+                None => call_real(&mut caller, |ctx, mem| {
+                    in_tokio(wasi1::poll_oneoff(ctx, mem, subs, events, nsubs, nevents))
+                }),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
         "fd_renumber",
         |mut caller: Caller<'_, GuestState>, from: i32, to: i32| -> wasmtime::Result<i32> {
             if (0..=2).contains(&to) {
@@ -143,6 +178,110 @@ fn call_real(
 
 fn in_tokio<F: std::future::Future>(f: F) -> wasmtime::Result<F::Output> {
     Ok(wasmtime_wasi::runtime::in_tokio(f))
+}
+
+/// Size of a preview1 `subscription` and `event` in guest memory.
+const SUBSCRIPTION_SIZE: usize = 48;
+const EVENT_SIZE: usize = 32;
+/// The longest a sleeping guest goes without its deadline being checked.
+const SLEEP_SLICE: Duration = Duration::from_millis(10);
+
+/// A guest sleeping (a `poll_oneoff` on relative clocks only, which is what
+/// `time.sleep` becomes) would block its thread past the exec deadline, where
+/// epoch interruption cannot reach. Sleep here instead, in slices, and stop
+/// at the deadline or when the client leaves. Returns None when the call is
+/// not a plain sleep, for the real implementation to handle.
+fn sleep_only(
+    caller: &mut Caller<'_, GuestState>,
+    subs: i32,
+    events: i32,
+    nsubs: i32,
+    nevents: i32,
+) -> wasmtime::Result<Option<i32>> {
+    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+        return Ok(None);
+    };
+    let n = nsubs as u32 as usize;
+    let start = subs as u32 as usize;
+    let Some(raw) = n
+        .checked_mul(SUBSCRIPTION_SIZE)
+        .and_then(|len| memory.data(&caller).get(start..start.checked_add(len)?))
+    else {
+        return Ok(None);
+    };
+    let parsed: Vec<(u8, u32, u64, u64, u16)> = raw
+        .chunks_exact(SUBSCRIPTION_SIZE)
+        .map(|sub| {
+            let userdata = u64::from_le_bytes(sub[0..8].try_into().unwrap());
+            let clock = u32::from_le_bytes(sub[16..20].try_into().unwrap());
+            let timeout = u64::from_le_bytes(sub[24..32].try_into().unwrap());
+            let flags = u16::from_le_bytes([sub[40], sub[41]]);
+            (sub[8], clock, userdata, timeout, flags)
+        })
+        .collect();
+    // Only clock subscriptions on the realtime (0) or monotonic (1) clock;
+    // fd waits go to the real implementation.
+    if parsed.iter().any(|(tag, clock, ..)| *tag != 0 || *clock > 1) {
+        return Ok(None);
+    }
+    let now = Instant::now();
+    let mut wakes = Vec::with_capacity(n);
+    for (_, clock, userdata, timeout, flags) in parsed {
+        let relative = if flags & 1 == 0 {
+            timeout
+        } else {
+            // An absolute time (CPython's time.sleep uses one): measure the
+            // guest's clock now, using the event buffer as scratch space.
+            let scratch = events;
+            let errno = call_real(caller, |ctx, mem| {
+                Ok(wasi1::clock_time_get(ctx, mem, clock as i32, 1, scratch))
+            })?;
+            if errno != 0 {
+                return Ok(None);
+            }
+            let at = scratch as u32 as usize;
+            let Some(bytes) = memory.data(&caller).get(at..at + 8) else {
+                return Ok(None);
+            };
+            timeout.saturating_sub(u64::from_le_bytes(bytes.try_into().unwrap()))
+        };
+        wakes.push((userdata, now + Duration::from_nanos(relative)));
+    }
+    let Some(earliest) = wakes.iter().map(|(_, at)| *at).min() else {
+        return Ok(None);
+    };
+    loop {
+        let now = Instant::now();
+        let state = caller.data();
+        if now >= state.deadline {
+            return Err(wasmtime::Error::new(DeadlineReached));
+        }
+        if state.output.as_ref().is_some_and(|tx| tx.is_closed()) {
+            return Err(wasmtime::Error::new(ClientGone));
+        }
+        if now >= earliest {
+            break;
+        }
+        std::thread::sleep(SLEEP_SLICE.min(earliest - now).min(state.deadline - now));
+    }
+    let now = Instant::now();
+    let fired: Vec<u64> = wakes.iter().filter(|(_, at)| *at <= now).map(|(u, _)| *u).collect();
+    let data = memory.data_mut(&mut *caller);
+    let out = events as u32 as usize;
+    let Some(dst) = data.get_mut(out..out + fired.len() * EVENT_SIZE) else {
+        return Ok(None);
+    };
+    for (event, userdata) in dst.chunks_exact_mut(EVENT_SIZE).zip(&fired) {
+        event.fill(0);
+        event[0..8].copy_from_slice(&userdata.to_le_bytes());
+        // error = 0 (success), type = 0 (clock): already zero.
+    }
+    let count_at = nevents as u32 as usize;
+    let Some(count) = data.get_mut(count_at..count_at + 4) else {
+        return Ok(None);
+    };
+    count.copy_from_slice(&(fired.len() as u32).to_le_bytes());
+    Ok(Some(0))
 }
 
 fn counted(caller: &Caller<'_, GuestState>, fd: i32) -> bool {
@@ -190,18 +329,25 @@ pub struct GuestJob {
     pub fuel: u64,
     pub output_limit: usize,
     pub disk_remaining: u64,
+    /// Live stdin, read while the guest runs (replaces `stdin`).
+    pub stdin_stream: Option<Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>>,
+    /// Live output, sent as the guest writes.
+    pub output: Option<UnboundedSender<OutputChunk>>,
 }
 
 /// Runs one guest to completion on the current (blocking) thread.
 pub fn run(runtime: &LoadedRuntime, job: GuestJob) -> Result<ExecOutput, ProviderError> {
     let started = Instant::now();
-    let stdout = CapturePipe::new(job.output_limit);
-    let stderr = CapturePipe::new(job.output_limit);
+    let stdout = CapturePipe::new(job.output_limit).tee(job.output.clone(), StreamKind::Stdout);
+    let stderr = CapturePipe::new(job.output_limit).tee(job.output.clone(), StreamKind::Stderr);
     let mut builder = WasiCtxBuilder::new();
+    match job.stdin_stream {
+        Some(stream) => builder.stdin(AsyncStdinStream::new(stream)),
+        None => builder.stdin(MemoryInputPipe::new(job.stdin)),
+    };
     builder
         .args(&job.argv)
         .envs(&job.env)
-        .stdin(MemoryInputPipe::new(job.stdin))
         .stdout(stdout.clone())
         .stderr(stderr.clone())
         .allow_blocking_current_thread(true)
@@ -225,6 +371,8 @@ pub fn run(runtime: &LoadedRuntime, job: GuestJob) -> Result<ExecOutput, Provide
             stdio_replaced: false,
             hit: false,
         },
+        deadline: started + job.timeout,
+        output: job.output.clone(),
     };
     let mut store = Store::new(runtime.pre.module().engine(), state);
     store.limiter(|s| &mut s.limits);
@@ -233,9 +381,12 @@ pub fn run(runtime: &LoadedRuntime, job: GuestJob) -> Result<ExecOutput, Provide
         .map_err(|e| ProviderError::Internal(anyhow::Error::from(e).context("cannot set fuel")))?;
     let deadline = started + job.timeout;
     store.set_epoch_deadline(1);
+    let watcher = job.output.clone();
     store.epoch_deadline_callback(move |_| {
         if Instant::now() >= deadline {
             Err(wasmtime::Error::new(DeadlineReached))
+        } else if watcher.as_ref().is_some_and(|tx| tx.is_closed()) {
+            Err(wasmtime::Error::new(ClientGone))
         } else {
             Ok(UpdateDeadline::Continue(1))
         }
@@ -260,6 +411,9 @@ pub fn run(runtime: &LoadedRuntime, job: GuestJob) -> Result<ExecOutput, Provide
     if let Some(exit) = error.downcast_ref::<I32Exit>() {
         output.exit_code = exit.0;
         return Ok(output);
+    }
+    if error.downcast_ref::<ClientGone>().is_some() {
+        return Err(ProviderError::Cancelled);
     }
     if error.downcast_ref::<DeadlineReached>().is_some() {
         return Err(ProviderError::Timeout {

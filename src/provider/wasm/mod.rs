@@ -18,7 +18,8 @@ use tokio::sync::Semaphore;
 use self::engine::{LoadedRuntime, WasmEngine};
 use self::guest::GuestJob;
 use super::{
-    Capabilities, ExecMode, ExecOutput, ExecSpec, FileEntry, Provider, ProviderError, ProviderStatus, SandboxStats,
+    Capabilities, ExecIo, ExecMode, ExecOutput, ExecSpec, FileEntry, OutputChunk, Provider, ProviderError,
+    ProviderStatus, SandboxStats, StreamKind,
 };
 use crate::runtime::Catalog;
 use crate::sandbox::Sandbox;
@@ -194,9 +195,22 @@ impl Provider for WasmProvider {
     }
 
     async fn exec(&self, sandbox: &Sandbox, spec: ExecSpec) -> Result<ExecOutput, ProviderError> {
+        self.exec_io(sandbox, spec, ExecIo::default()).await
+    }
+
+    async fn exec_io(&self, sandbox: &Sandbox, spec: ExecSpec, io: ExecIo) -> Result<ExecOutput, ProviderError> {
         let (runtime, argv, assignments) = match self.plan(&spec)? {
             Ok(plan) => plan,
-            Err(not_found) => return Ok(not_found),
+            Err(not_found) => {
+                if let Some(tx) = &io.output {
+                    tx.send(OutputChunk {
+                        stream: StreamKind::Stderr,
+                        data: not_found.stderr.clone(),
+                    })
+                    .ok();
+                }
+                return Ok(not_found);
+            }
         };
         let dir = self.dir(sandbox);
         let workdir = spec.workdir.clone();
@@ -244,6 +258,8 @@ impl Provider for WasmProvider {
                 fuel,
                 output_limit,
                 disk_remaining: quota.saturating_sub(usage),
+                stdin_stream: io.stdin,
+                output: io.output,
             };
             guest::run(&runtime, job)
         })

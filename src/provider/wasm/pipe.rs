@@ -6,8 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use tokio::sync::mpsc::UnboundedSender;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+
+use crate::provider::{OutputChunk, StreamKind};
 
 /// How much the guest may hand us per write; the cap itself is enforced by
 /// dropping bytes, not by refusing writes, so output past it costs nothing.
@@ -17,6 +20,8 @@ const WRITE_PERMIT: usize = 64 * 1024;
 pub struct CapturePipe {
     inner: Arc<Mutex<Captured>>,
     limit: usize,
+    /// Where kept bytes are also sent as they arrive, for streaming.
+    tee: Option<(UnboundedSender<OutputChunk>, StreamKind)>,
 }
 
 #[derive(Default)]
@@ -30,17 +35,36 @@ impl CapturePipe {
         CapturePipe {
             inner: Arc::default(),
             limit,
+            tee: None,
         }
+    }
+
+    /// Also sends every kept byte to `tx` as it arrives.
+    pub fn tee(mut self, tx: Option<UnboundedSender<OutputChunk>>, stream: StreamKind) -> Self {
+        self.tee = tx.map(|tx| (tx, stream));
+        self
     }
 
     fn push(&self, bytes: &[u8]) {
         let mut c = self.inner.lock().unwrap();
         let room = self.limit - c.buf.len();
-        if bytes.len() > room {
-            c.buf.extend_from_slice(&bytes[..room]);
+        let kept = if bytes.len() > room {
             c.truncated = true;
+            &bytes[..room]
         } else {
-            c.buf.extend_from_slice(bytes);
+            bytes
+        };
+        c.buf.extend_from_slice(kept);
+        if let Some((tx, stream)) = &self.tee
+            && !kept.is_empty()
+        {
+            // A closed receiver is noticed by the deadline check, which
+            // stops the guest.
+            tx.send(OutputChunk {
+                stream: *stream,
+                data: kept.to_vec(),
+            })
+            .ok();
         }
     }
 

@@ -6,5 +6,6 @@ mod exec;
 mod files;
 mod helpers;
 mod limits;
+mod quickjs;
 mod restart;
 mod sandboxes;

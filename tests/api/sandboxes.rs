@@ -314,7 +314,19 @@ async fn health_ready_live_and_providers_are_real() {
     assert_eq!(wasm["name"], "wasm");
     assert_eq!(wasm["available"], true);
     assert_eq!(wasm["default"], true);
-    assert_eq!(wasm["images"], json!(["python:3.12", "python:3", "python", "python3"]));
+    assert_eq!(
+        wasm["images"],
+        json!([
+            "python:3.12",
+            "python:3",
+            "python",
+            "python3",
+            "quickjs",
+            "quickjs:0.11",
+            "javascript",
+            "js"
+        ])
+    );
     let docker = &providers[1];
     assert_eq!(docker["name"], "docker");
     assert_eq!(docker["default"], false);

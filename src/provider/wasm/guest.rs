@@ -444,7 +444,7 @@ pub fn run(runtime: &LoadedRuntime, job: GuestJob) -> Result<ExecOutput, Provide
             output.exit_code = 134;
             output
                 .stderr
-                .extend_from_slice(format!("\nstacyvm: the program crashed: wasm trap: {trap}\n").as_bytes());
+                .extend_from_slice(format!("\nstacyvm: the program crashed: {trap}\n").as_bytes());
             output.trap = Some(reason.to_string());
             Ok(output)
         }

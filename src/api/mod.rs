@@ -3,6 +3,7 @@
 //! result; they never touch wasmtime or Docker.
 
 pub mod error;
+mod events;
 mod exec;
 pub mod extract;
 mod files;
@@ -37,6 +38,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .merge(sandboxes::router())
         .merge(exec::router())
+        .merge(events::router())
         .merge(files::router(state.service.settings().http.file_limit_bytes))
         .merge(system::router());
     Router::new()

@@ -1,5 +1,6 @@
 //! Sandboxes: the service the API calls, the registry, TTL reaping, tenancy.
 
+pub mod events;
 pub mod id;
 pub mod path;
 pub mod registry;
@@ -110,6 +111,7 @@ pub struct SandboxService {
     providers: HashMap<&'static str, Arc<dyn Provider>>,
     settings: Arc<Settings>,
     history: Mutex<HashMap<SandboxId, VecDeque<String>>>,
+    events: events::EventBus,
 }
 
 impl SandboxService {
@@ -125,6 +127,7 @@ impl SandboxService {
             providers,
             settings,
             history: Mutex::default(),
+            events: events::EventBus::new(),
         };
         let mut kept = vec![];
         for sb in loaded {
@@ -181,6 +184,11 @@ impl SandboxService {
             .and_then(|sid| self.registry.get(&sid))
             .ok_or_else(|| ServiceError::SandboxNotFound(id.to_string()))?;
         Ok(self.provider(&sb.provider)?.preview_target(&sb, port).await?)
+    }
+
+    /// Live events of `tenant`'s sandboxes.
+    pub fn subscribe(&self) -> events::Subscription {
+        self.events.subscribe()
     }
 
     pub fn settings(&self) -> &Settings {
@@ -281,6 +289,11 @@ impl SandboxService {
             return Err(ProviderError::Internal(e).into());
         }
         tracing::info!(id = %sandbox.id, provider = %sandbox.provider, image = %sandbox.image, "sandbox created");
+        self.events.publish(
+            &sandbox,
+            "sandbox.created",
+            serde_json::json!({"provider": sandbox.provider, "image": sandbox.image}),
+        );
         Ok(sandbox)
     }
 
@@ -314,18 +327,19 @@ impl SandboxService {
     /// is already destroyed.
     pub async fn destroy(&self, tenant: &TenantId, id: &str) -> Result<(), ServiceError> {
         match self.get(tenant, id) {
-            Ok(sb) => self.destroy_sandbox(&sb).await,
+            Ok(sb) => self.destroy_sandbox(&sb, "sandbox.destroyed").await,
             Err(_) => Ok(()),
         }
     }
 
-    async fn destroy_sandbox(&self, sb: &Sandbox) -> Result<(), ServiceError> {
+    async fn destroy_sandbox(&self, sb: &Sandbox, event: &'static str) -> Result<(), ServiceError> {
         if let Some(provider) = self.providers.get(sb.provider.as_str()) {
             provider.destroy(sb).await?;
         }
         self.registry.remove(&sb.id).map_err(ProviderError::Internal)?;
         self.history.lock().unwrap().remove(&sb.id);
         tracing::info!(id = %sb.id, "sandbox destroyed");
+        self.events.publish(sb, event, serde_json::json!({}));
         Ok(())
     }
 
@@ -353,7 +367,7 @@ impl SandboxService {
             .filter(|sb| sb.expires_at <= now && !down.contains(&sb.provider.as_str()));
         let mut reaped = 0;
         for sb in expired {
-            match self.destroy_sandbox(&sb).await {
+            match self.destroy_sandbox(&sb, "sandbox.expired").await {
                 Ok(()) => {
                     reaped += 1;
                     tracing::info!(id = %sb.id, "sandbox expired and was destroyed");
@@ -428,6 +442,17 @@ impl SandboxService {
             summary,
         } = prepared;
         let result = provider.exec_io(&sb, spec, io).await;
+        let (kind, data) = match &result {
+            Ok(out) => (
+                "exec.completed",
+                serde_json::json!({"exit_code": out.exit_code, "duration_ms": out.duration.as_secs_f64() * 1000.0}),
+            ),
+            Err(ProviderError::Timeout { .. }) => ("exec.timeout", serde_json::json!({})),
+            Err(ProviderError::FuelExhausted { .. }) => ("exec.limit", serde_json::json!({"limit": "cpu"})),
+            Err(ProviderError::MemoryLimit { .. }) => ("exec.limit", serde_json::json!({"limit": "memory"})),
+            Err(e) => ("exec.failed", serde_json::json!({"message": e.to_string()})),
+        };
+        self.events.publish(&sb, kind, data);
         let outcome = match &result {
             Ok(out) => format!("exit {} in {}", out.exit_code, duration::format(out.duration)),
             Err(ProviderError::Timeout { .. }) => "timed out".into(),

@@ -2,6 +2,7 @@
 //! real CPython image, real HTTP over loopback.
 
 mod docker;
+mod events;
 mod exec;
 mod files;
 mod helpers;

@@ -173,20 +173,20 @@ async fn unknown_commands_exit_127_like_a_shell() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn shell_features_beyond_word_splitting_answer_400_naming_the_feature() {
+async fn shell_syntax_beyond_the_subset_exits_2_naming_it_and_bad_requests_answer_400() {
     let app = TestApp::spawn().await;
     let id = app.create_wasm().await;
-    assert_error(
-        &app.exec(&id, json!({"command": "python3 -c 'print(1)' | wc -c"})).await,
-        400,
-        "bad_request",
-        "shell feature not supported on the wasm provider: pipes (|); run one command per exec, or use mode \"argv\"",
+    let out = app.run(&id, "for f in *.py; do python3 $f; done").await;
+    assert_eq!(out["exit_code"], 2);
+    assert_eq!(out["stdout"], "");
+    assert_eq!(
+        out["stderr"],
+        "sh: 1: syntax not supported by the stacyvm shell: for loops\n"
     );
-    assert_error_contains(
-        &app.exec(&id, json!({"command": "python3 x.py > out.txt"})).await,
-        400,
-        "bad_request",
-        "redirections (<, >)",
+    let out = app.run(&id, "python3 -c 'print(1)' | wc -c").await;
+    assert_eq!(
+        (out["exit_code"].clone(), out["stdout"].clone()),
+        (json!(0), json!("2\n"))
     );
     assert_error(
         &app.exec(&id, json!({"command": "  "})).await,

@@ -10,3 +10,4 @@ mod limits;
 mod quickjs;
 mod restart;
 mod sandboxes;
+mod shell;

@@ -2,11 +2,11 @@
 //! exec is a fresh wasmtime instance of an interpreter from the catalogue,
 //! whose whole world is that directory.
 
-mod command;
 mod engine;
 mod files;
 mod guest;
 mod pipe;
+mod shell;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,9 +26,8 @@ use crate::sandbox::Sandbox;
 use crate::sandbox::path::SandboxPath;
 use crate::settings::Settings;
 
-/// What an exec runs: the runtime, the guest's argv, and `NAME=value`
-/// assignments from the command line.
-type Plan = (Arc<LoadedRuntime>, Vec<String>, Vec<(String, String)>);
+/// What an argv-mode exec runs: the runtime and the guest's argv.
+type Plan = (Arc<LoadedRuntime>, Vec<String>);
 
 /// Directories every sandbox starts with, as in a container.
 const SKELETON: &[&str] = &["workspace", "tmp"];
@@ -81,37 +80,104 @@ impl WasmProvider {
         .map_err(|e| ProviderError::Internal(e.into()))?
     }
 
-    /// The runtime and argv an exec runs, or a 127 result for an unknown
-    /// command.
+    /// The runtime and argv an argv-mode exec runs, or a 127 result for an
+    /// unknown command.
     fn plan(&self, spec: &ExecSpec) -> Result<Result<Plan, ExecOutput>, ProviderError> {
-        let (argv, assignments) = match spec.mode {
-            ExecMode::Argv => {
-                let mut argv = vec![spec.command.clone()];
-                argv.extend(spec.args.iter().cloned());
-                (argv, vec![])
-            }
-            ExecMode::Shell => {
-                let parsed = command::parse(&spec.command, &spec.args)
-                    .map_err(|e| ProviderError::InvalidInput(e.to_string()))?;
-                (parsed.argv, parsed.assignments)
-            }
-        };
-        let Some(program) = argv.first().filter(|p| !p.is_empty()) else {
+        let program = &spec.command;
+        if program.is_empty() {
             return Err(ProviderError::InvalidInput("command is empty".into()));
-        };
-        let Some(def) = self.catalog.runtime_for_command(program) else {
+        }
+        let Some((runtime, mut guest_argv)) = self.runtime_for(program) else {
             return Ok(Err(ExecOutput {
                 exit_code: 127,
                 stderr: format!("sh: {program}: command not found\n").into_bytes(),
                 ..ExecOutput::default()
             }));
         };
-        let runtime = self.engine.runtimes[&def.name].clone();
-        let mut guest_argv = vec![def.argv0.clone()];
-        guest_argv.extend(def.argv_prefix.iter().cloned());
-        guest_argv.extend(argv.into_iter().skip(1));
-        Ok(Ok((runtime, guest_argv, assignments)))
+        guest_argv.extend(spec.args.iter().cloned());
+        Ok(Ok((runtime, guest_argv)))
     }
+
+    /// The runtime a command word runs and the guest argv before the
+    /// user's arguments: `argv0` and the runtime's prefix.
+    fn runtime_for(&self, command: &str) -> Option<(Arc<LoadedRuntime>, Vec<String>)> {
+        resolve_runtime(&self.catalog, &self.engine, command)
+    }
+
+    /// Checks that the exec's workdir is a directory in the sandbox.
+    fn check_workdir(root: &cap_std::fs::Dir, workdir: &SandboxPath) -> Result<(), ProviderError> {
+        match root.metadata(workdir.relative()) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(ProviderError::InvalidInput(format!(
+                "workdir {workdir} is not a directory"
+            ))),
+            Err(_) => Err(ProviderError::InvalidInput(format!(
+                "workdir {workdir} does not exist in the sandbox"
+            ))),
+        }
+    }
+
+    /// The environment every exec starts with, before the runtime's own.
+    fn base_env(spec: &ExecSpec) -> BTreeMap<String, String> {
+        let mut env: BTreeMap<String, String> = BTreeMap::from([
+            ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+            ("HOME".into(), "/workspace".into()),
+            ("TMPDIR".into(), "/tmp".into()),
+            ("LANG".into(), "C.UTF-8".into()),
+        ]);
+        env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.insert("PWD".into(), spec.workdir.to_string());
+        env
+    }
+
+    /// Runs a shell-mode command line in the stacyvm shell.
+    async fn exec_shell(&self, sandbox: &Sandbox, spec: ExecSpec, io: ExecIo) -> Result<ExecOutput, ProviderError> {
+        let mut script = spec.command.clone();
+        for arg in &spec.args {
+            script.push(' ');
+            script.push_str(&shell::quote(arg));
+        }
+        if script.trim().is_empty() {
+            return Err(ProviderError::InvalidInput("command is empty".into()));
+        }
+        let (catalog, engine) = (self.catalog.clone(), self.engine.clone());
+        let job = shell::ShellJob {
+            script,
+            sandbox_dir: self.dir(sandbox),
+            cwd: spec.workdir.clone(),
+            env: Self::base_env(&spec),
+            client_env: spec.env.keys().cloned().collect(),
+            stdin: spec.stdin.unwrap_or_default(),
+            stdin_stream: io.stdin,
+            output: io.output,
+            timeout: spec.timeout,
+            memory_bytes: (sandbox.memory_mb as usize) << 20,
+            fuel: self.fuel,
+            output_limit: self.output_limit,
+            disk_quota: self.disk_quota,
+            resolve: Box::new(move |command| resolve_runtime(&catalog, &engine, command)),
+        };
+        let _slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| ProviderError::Internal(e.into()))?;
+        tokio::task::spawn_blocking(move || {
+            Self::check_workdir(&files::open_root(&job.sandbox_dir)?, &job.cwd)?;
+            shell::run(job)
+        })
+        .await
+        .map_err(|e| ProviderError::Internal(e.into()))?
+    }
+}
+
+fn resolve_runtime(catalog: &Catalog, engine: &WasmEngine, command: &str) -> Option<(Arc<LoadedRuntime>, Vec<String>)> {
+    let def = catalog.runtime_for_command(command)?;
+    let runtime = engine.runtimes.get(&def.name)?.clone();
+    let mut argv = vec![def.argv0.clone()];
+    argv.extend(def.argv_prefix.iter().cloned());
+    Some((runtime, argv))
 }
 
 #[async_trait]
@@ -199,7 +265,10 @@ impl Provider for WasmProvider {
     }
 
     async fn exec_io(&self, sandbox: &Sandbox, spec: ExecSpec, io: ExecIo) -> Result<ExecOutput, ProviderError> {
-        let (runtime, argv, assignments) = match self.plan(&spec)? {
+        if spec.mode == ExecMode::Shell {
+            return self.exec_shell(sandbox, spec, io).await;
+        }
+        let (runtime, argv) = match self.plan(&spec)? {
             Ok(plan) => plan,
             Err(not_found) => {
                 if let Some(tx) = &io.output {
@@ -224,29 +293,13 @@ impl Provider for WasmProvider {
             .map_err(|e| ProviderError::Internal(e.into()))?;
         tokio::task::spawn_blocking(move || {
             let root = files::open_root(&dir)?;
-            match root.metadata(workdir.relative()) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => {
-                    return Err(ProviderError::InvalidInput(format!(
-                        "workdir {workdir} is not a directory"
-                    )));
-                }
-                Err(_) => {
-                    return Err(ProviderError::InvalidInput(format!(
-                        "workdir {workdir} does not exist in the sandbox"
-                    )));
+            Self::check_workdir(&root, &workdir)?;
+            let mut env = Self::base_env(&spec);
+            for (k, v) in &runtime.def.env {
+                if !spec.env.contains_key(k) {
+                    env.insert(k.clone(), v.clone());
                 }
             }
-            let mut env: BTreeMap<String, String> = BTreeMap::from([
-                ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
-                ("HOME".into(), "/workspace".into()),
-                ("TMPDIR".into(), "/tmp".into()),
-                ("LANG".into(), "C.UTF-8".into()),
-            ]);
-            env.extend(runtime.def.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-            env.extend(spec.env);
-            env.extend(assignments);
-            env.insert("PWD".into(), workdir.to_string());
             let usage = files::disk_usage(&dir);
             let job = GuestJob {
                 argv,

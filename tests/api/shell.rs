@@ -1,0 +1,488 @@
+//! The stacyvm shell on the wasm provider: shell-mode command lines with
+//! lists, pipes, redirections, variables, globbing and builtins.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, assert_error};
+
+/// Runs `command` and returns (exit code, stdout, stderr).
+async fn sh(app: &TestApp, id: &str, command: &str) -> (i64, String, String) {
+    let out: Value = app.run(id, command).await;
+    (
+        out["exit_code"].as_i64().unwrap(),
+        out["stdout"].as_str().unwrap().to_string(),
+        out["stderr"].as_str().unwrap().to_string(),
+    )
+}
+
+fn ok(stdout: &str) -> (i64, String, String) {
+    (0, stdout.to_string(), String::new())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_acceptance_examples_run_as_in_sh() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    assert_eq!(sh(&app, &id, "exit 42").await, (42, "".into(), "".into()));
+    assert_eq!(sh(&app, &id, "echo oops >&2").await, (0, "".into(), "oops\n".into()));
+    assert_eq!(sh(&app, &id, "echo hi > a.txt && cat a.txt | wc -c").await, ok("3\n"));
+    assert_eq!(
+        sh(&app, &id, r#"python3 -c 'import sys; print(sys.argv)' x "y z""#).await,
+        ok("['-c', 'x', 'y z']\n")
+    );
+    assert_eq!(
+        sh(
+            &app,
+            &id,
+            "mkdir -p sub && echo 'print(7)' > sub/main.py && cd sub && python3 main.py > out.txt; cat out.txt"
+        )
+        .await,
+        ok("7\n")
+    );
+    assert_eq!(
+        std::fs::read_to_string(app.sandbox_dir(&id).join("workspace/sub/out.txt")).unwrap(),
+        "7\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn variables_expand_and_split_only_when_unquoted() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    assert_eq!(
+        sh(&app, &id, "A='x  y'; echo $A; echo \"$A\" ${A}!").await,
+        ok("x y\nx  y x y!\n")
+    );
+    assert_eq!(
+        sh(&app, &id, "echo \"[$UNSET]\" '$HOME' $HOME ~").await,
+        ok("[] $HOME /workspace /workspace\n")
+    );
+    assert_eq!(
+        sh(
+            &app,
+            &id,
+            "A=1; B=2 python3 -c 'import os; print(os.environ.get(\"A\"), os.environ[\"B\"])'; echo \"[$B]\""
+        )
+        .await,
+        ok("None 2\n[]\n")
+    );
+    assert_eq!(
+        sh(
+            &app,
+            &id,
+            "export A=1; python3 -c 'import os; print(os.environ[\"A\"])'"
+        )
+        .await,
+        ok("1\n")
+    );
+    let (_, out) = app
+        .exec(
+            &id,
+            json!({"command": "echo $GREETING; env | grep -c x", "env": {"GREETING": "hi there"}}),
+        )
+        .await;
+    assert_eq!(out["stdout"], "hi there\n");
+    assert_eq!(out["stderr"], "sh: grep: command not found\n");
+    assert_eq!(
+        sh(
+            &app,
+            &id,
+            "A=1 env | grep A; PYTHONPATH=/x python3 -c 'import os; print(os.environ[\"PYTHONPATH\"])'"
+        )
+        .await
+        .1,
+        "/x\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_lists_and_negation_follow_sh() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    assert_eq!(sh(&app, &id, "false; echo $?; true; echo $?").await, ok("1\n0\n"));
+    assert_eq!(
+        sh(&app, &id, "false || echo rescued && echo chained").await,
+        ok("rescued\nchained\n")
+    );
+    assert_eq!(sh(&app, &id, "true || echo skipped; echo next").await, ok("next\n"));
+    assert_eq!(sh(&app, &id, "false && echo skipped").await, (1, "".into(), "".into()));
+    assert_eq!(sh(&app, &id, "! false && echo inverted").await, ok("inverted\n"));
+    assert_eq!(
+        sh(&app, &id, "python3 -c 'import sys; sys.exit(3)'; echo $?").await,
+        ok("3\n")
+    );
+    assert_eq!(sh(&app, &id, "echo a # a comment\necho b").await, ok("a\nb\n"));
+    assert_eq!(
+        sh(&app, &id, "nope; echo $?").await,
+        (0, "127\n".into(), "sh: nope: command not found\n".into())
+    );
+    assert_eq!(sh(&app, &id, "exit 3; echo never").await, (3, "".into(), "".into()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pipes_feed_each_stage_the_previous_output_and_keep_the_last_status() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    assert_eq!(
+        sh(
+            &app,
+            &id,
+            "printf 'b\\na\\nc\\n' | python3 -c 'import sys; print(\"\".join(sorted(sys.stdin)), end=\"\")' | head -n 2"
+        )
+        .await,
+        ok("a\nb\n")
+    );
+    assert_eq!(sh(&app, &id, "python3 -c 'print(1)' | wc -c").await, ok("2\n"));
+    assert_eq!(sh(&app, &id, "echo x | false").await, (1, "".into(), "".into()));
+    assert_eq!(sh(&app, &id, "false | echo y").await, ok("y\n"));
+    assert_eq!(sh(&app, &id, "cd /tmp | true; pwd").await, ok("/workspace\n"));
+    let (_, out) = app
+        .exec(&id, json!({"command": "cat | wc -l", "stdin": "1\n2\n3\n"}))
+        .await;
+    assert_eq!(out["stdout"], "3\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_redirection_form_goes_where_sh_sends_it() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    assert_eq!(sh(&app, &id, "echo a > f; echo b >> f; cat < f").await, ok("a\nb\n"));
+    assert_eq!(sh(&app, &id, "echo c 1> f; cat f").await, ok("c\n"));
+    assert_eq!(
+        sh(&app, &id, "cat missing 2> err; echo $?; cat err").await,
+        ok("1\ncat: missing: No such file or directory\n")
+    );
+    assert_eq!(sh(&app, &id, "cat missing 2>> err; wc -l < err").await, ok("2\n"));
+    assert_eq!(
+        sh(&app, &id, "cat f missing > both 2>&1; cat both").await,
+        ok("c\ncat: missing: No such file or directory\n")
+    );
+    assert_eq!(
+        sh(
+            &app,
+            &id,
+            "python3 -c 'import sys; print(\"o\"); print(\"e\", file=sys.stderr)' 2>&1 | wc -l"
+        )
+        .await,
+        ok("2\n")
+    );
+    assert_eq!(
+        sh(
+            &app,
+            &id,
+            "python3 -c 'import sys; print(\"e\", file=sys.stderr)' 2>/tmp/e.txt; cat /tmp/e.txt"
+        )
+        .await,
+        ok("e\n")
+    );
+    assert_eq!(
+        sh(&app, &id, "echo x > nodir/f").await.2,
+        "sh: 1: cannot create nodir/f: No such file or directory\n"
+    );
+    assert_eq!(
+        sh(&app, &id, "echo x > ../../../etc/passwd; echo $?").await,
+        (
+            0,
+            "2\n".into(),
+            "sh: 1: cannot open ../../../etc/passwd: Permission denied (outside the sandbox)\n".into()
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unquoted_wildcards_glob_the_sandbox_and_stay_literal_without_a_match() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    assert_eq!(
+        sh(&app, &id, "touch b.py a.py c.txt .hidden.py; mkdir d; touch d/x.py; echo *.py; echo '*.py' \"*\"; echo d/*; echo ?.txt [ab].py").await,
+        ok("a.py b.py\n*.py *\nd/x.py\nc.txt a.py b.py\n")
+    );
+    assert_eq!(
+        sh(&app, &id, "echo *.none; ls /work*").await,
+        ok("*.none\na.py\nb.py\nc.txt\nd\n")
+    );
+    assert_eq!(sh(&app, &id, "cd d && echo ../*.txt").await, ok("../c.txt\n"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn file_builtins_work_on_the_sandbox() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    assert_eq!(
+        sh(
+            &app,
+            &id,
+            "mkdir -p x/y && touch x/y/f && ls x && ls -a x/y && ls -1 x/y"
+        )
+        .await,
+        ok("y\n.\n..\nf\nf\n")
+    );
+    assert_eq!(
+        sh(&app, &id, "mkdir x").await,
+        (1, "".into(), "mkdir: cannot create directory 'x': File exists\n".into())
+    );
+    assert_eq!(
+        sh(&app, &id, "echo 12 > x/n; ls -l x/n").await.1.split(' ').next(),
+        Some("-rw-r--r--")
+    );
+    assert_eq!(
+        sh(&app, &id, "cp x/n x/m && mv x/m x/k && cat x/k && ls x").await,
+        ok("12\nk\nn\ny\n")
+    );
+    assert_eq!(
+        sh(&app, &id, "cp x z").await,
+        (1, "".into(), "cp: -r not specified; omitting directory 'x'\n".into())
+    );
+    assert_eq!(
+        sh(&app, &id, "cp -r x z && ls z z/y").await,
+        ok("z:\nk\nn\ny\n\nz/y:\nf\n")
+    );
+    assert_eq!(
+        sh(&app, &id, "rm z").await,
+        (1, "".into(), "rm: cannot remove 'z': Is a directory\n".into())
+    );
+    assert_eq!(sh(&app, &id, "rm -rf z nothing && ls").await, ok("x\n"));
+    assert_eq!(
+        sh(&app, &id, "rm nothing").await,
+        (
+            1,
+            "".into(),
+            "rm: cannot remove 'nothing': No such file or directory\n".into()
+        )
+    );
+    assert_eq!(
+        sh(&app, &id, "rm -rf /; ls /").await,
+        (
+            0,
+            "tmp\nworkspace\n".into(),
+            "rm: it is dangerous to operate recursively on '/'\n".into()
+        )
+    );
+    assert_eq!(
+        sh(&app, &id, "cd x; pwd; cd ..; pwd; cd /tmp && pwd").await,
+        ok("/workspace/x\n/workspace\n/tmp\n")
+    );
+    assert_eq!(
+        sh(&app, &id, "cd ../..; echo $?; cd nope").await,
+        (
+            2,
+            "2\n".into(),
+            "sh: 1: cd: can't cd to ../..\nsh: 1: cd: can't cd to nope\n".into()
+        )
+    );
+    assert_eq!(
+        sh(&app, &id, "cat ../../x").await,
+        (
+            1,
+            "".into(),
+            "cat: ../../x: Permission denied (outside the sandbox)\n".into()
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn text_builtins_format_like_coreutils() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    assert_eq!(
+        sh(&app, &id, "echo -n a; echo b; echo -e 'c\\td'; echo 'e\\n'").await,
+        ok("ab\nc\td\ne\\n\n")
+    );
+    assert_eq!(
+        sh(&app, &id, "printf '%s=%d %b|%5s|%-3s|%03d\\n' a 42 'x\\ty' r l 7").await,
+        ok("a=42 x\ty|    r|l  |007\n")
+    );
+    assert_eq!(sh(&app, &id, "printf '%s\\n' one two").await, ok("one\ntwo\n"));
+    assert_eq!(
+        sh(
+            &app,
+            &id,
+            "printf 'l1\\nl2\\nl3\\n' > f; head -n 2 f; tail -n 1 f; tail -n +2 f"
+        )
+        .await,
+        ok("l1\nl2\nl3\nl2\nl3\n")
+    );
+    assert_eq!(sh(&app, &id, "head -c 4 f; echo; tail -c 3 f").await, ok("l1\nl\nl3\n"));
+    assert_eq!(
+        sh(&app, &id, "wc -l f; wc f; cat f | wc; wc -w < f").await,
+        ok("3 f\n3 3 9 f\n      3       3       9\n3\n")
+    );
+    assert_eq!(
+        sh(&app, &id, "pwd; true; false").await,
+        (1, "/workspace\n".into(), "".into())
+    );
+    assert_eq!(
+        sh(&app, &id, "which python3 ls cd nope; echo $?").await,
+        ok("/usr/bin/python3\n/bin/ls\ncd: shell builtin\n1\n")
+    );
+    assert_eq!(
+        sh(
+            &app,
+            &id,
+            "env | grep -q x; A=b env | tail -n 100 | head -c 0; env A=1 sh"
+        )
+        .await
+        .0,
+        127
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn test_and_brackets_evaluate_posix_expressions() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    let cases = [
+        ("test -e /tmp", 0),
+        ("test -f /tmp", 1),
+        ("[ -d /tmp ]", 0),
+        ("[ -z '' ]", 0),
+        ("[ -n '' ]", 1),
+        ("[ a = a ]", 0),
+        ("[ a != a ]", 1),
+        ("[ 3 -eq 3 ]", 0),
+        ("[ 3 -ne 3 ]", 1),
+        ("[ 2 -lt 3 ]", 0),
+        ("[ 2 -gt 3 ]", 1),
+        ("[ 3 -le 3 ]", 0),
+        ("[ 2 -ge 3 ]", 1),
+        ("[ ! -e /nope ]", 0),
+        ("[ -e /tmp -a -e /nope ]", 1),
+        ("[ -e /tmp -o -e /nope ]", 0),
+        ("[ ]", 1),
+        ("[ x ]", 0),
+    ];
+    for (command, want) in cases {
+        assert_eq!(sh(&app, &id, command).await, (want, "".into(), "".into()), "{command}");
+    }
+    assert_eq!(
+        sh(&app, &id, "[ 1 -eq 1").await,
+        (2, "".into(), "sh: 1: [: missing ]\n".into())
+    );
+    assert_eq!(
+        sh(&app, &id, "[ a -eq 1 ]").await,
+        (2, "".into(), "sh: 1: [: Illegal number: a\n".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn syntax_beyond_the_subset_exits_2_naming_it() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    let cases = [
+        ("for i in 1 2; do echo $i; done", "for loops"),
+        ("while true; do :; done", "while loops"),
+        ("if true; then echo y; fi", "if statements"),
+        ("case x in x) echo;; esac", "case statements"),
+        ("(echo sub)", "subshells ( )"),
+        ("{ echo g; }", "command groups { }"),
+        ("f() { echo; }", "functions"),
+        ("cat <<EOF\nx\nEOF", "here-documents (<<)"),
+        ("sleep 1 &", "background jobs (&)"),
+        ("echo $(id)", "command substitution $(...)"),
+        ("echo `id`", "command substitution `...`"),
+        ("echo $((1 + 2))", "arithmetic expansion $((...))"),
+        ("echo ${X:-d}", "parameter expansion operators such as ${VAR:-default}"),
+    ];
+    for (command, feature) in cases {
+        assert_eq!(
+            sh(&app, &id, &format!("echo before; {command}")).await,
+            (
+                2,
+                "".into(),
+                format!("sh: 1: syntax not supported by the stacyvm shell: {feature}\n")
+            ),
+            "{command}"
+        );
+    }
+    assert_eq!(
+        sh(&app, &id, "echo 'open").await,
+        (
+            2,
+            "".into(),
+            "sh: 1: Syntax error: Unterminated quoted string (')\n".into()
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sleep_stops_at_the_exec_deadline_with_the_partial_output() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    let started = std::time::Instant::now();
+    let (status, body) = app
+        .exec(&id, json!({"command": "echo started; sleep 100", "timeout": "1s"}))
+        .await;
+    assert_eq!(status, 408, "{body}");
+    assert_eq!(body["code"], "timeout");
+    assert_eq!(
+        body["message"],
+        "the command ran past its timeout of 1s and was stopped"
+    );
+    assert_eq!(body["stdout"], "started\n");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(sh(&app, &id, "sleep 0.1 && echo awake").await, ok("awake\n"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_by_builtins_and_redirections_obey_the_disk_quota() {
+    let app = TestApp::spawn_with(|s| s.sandbox.disk_quota_mb = 1).await;
+    let id = app.create_wasm().await;
+    assert_eq!(
+        sh(
+            &app,
+            &id,
+            "python3 -c 'print(\"x\" * 700000)' > big; echo $?; cp big big2; echo $?"
+        )
+        .await,
+        (
+            0,
+            "0\n1\n".into(),
+            "cp: error writing '/workspace/big2': No space left on device\n".into()
+        )
+    );
+    assert_eq!(
+        sh(&app, &id, "cat big big > big3").await,
+        (1, "".into(), "cat: write error: No space left on device\n".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn args_are_quoted_onto_the_command_line_and_argv_mode_has_no_shell() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    let (_, out) = app
+        .exec(&id, json!({"command": "echo", "args": ["a  b", "$HOME", "it's", "*"]}))
+        .await;
+    assert_eq!(out["stdout"], "a  b $HOME it's *\n");
+    let (_, out) = app
+        .exec(&id, json!({"command": "echo", "args": ["hi"], "mode": "argv"}))
+        .await;
+    assert_eq!(out["exit_code"], 127);
+    assert_eq!(out["stderr"], "sh: echo: command not found\n");
+    assert_error(
+        &app.exec(&id, json!({"command": "echo x", "workdir": "/nope"})).await,
+        400,
+        "bad_request",
+        "workdir /nope does not exist in the sandbox",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamed_script_sends_builtin_and_guest_output_as_it_comes() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    let text = app
+        .post(&format!("/sandboxes/{id}/exec"))
+        .json(&json!({"command": "echo one; python3 -c 'print(2)'; echo three >&2; exit 5", "stream": true}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0], json!({"stream": "stdout", "data": "one\n"}));
+    assert_eq!(lines[1], json!({"stream": "stdout", "data": "2\n"}));
+    assert_eq!(lines[2], json!({"stream": "stderr", "data": "three\n"}));
+    assert_eq!(lines[3]["exit_code"], 5);
+}

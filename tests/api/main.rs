@@ -10,4 +10,4 @@ mod limits;
 mod quickjs;
 mod restart;
 mod sandboxes;
-mod shell;
+mod sdk;

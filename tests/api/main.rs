@@ -11,3 +11,4 @@ mod quickjs;
 mod restart;
 mod sandboxes;
 mod sdk;
+mod shell;

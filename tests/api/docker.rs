@@ -714,3 +714,249 @@ async fn a_daemon_that_appears_later_is_picked_up_and_one_that_goes_away_is_noti
     assert!(eventually(Duration::from_secs(5), available).await);
     send(app.delete(&format!("/sandboxes/{id}"))).await;
 }
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws_connect(app: &TestApp, id: &str) -> Ws {
+    let url = app
+        .url(&format!("/sandboxes/{id}/exec/ws"))
+        .replacen("http://", "ws://", 1);
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket connects")
+        .0
+}
+
+async fn ws_send(ws: &mut Ws, v: Value) {
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(v.to_string().into()))
+        .await
+        .unwrap();
+}
+
+/// The next JSON message, or None when the socket closes; a message that
+/// does not come within ten seconds fails the test.
+async fn ws_next(ws: &mut Ws) -> Option<Value> {
+    use futures_util::StreamExt;
+    let next = async {
+        loop {
+            match ws.next().await?.ok()? {
+                tokio_tungstenite::tungstenite::Message::Text(t) => return Some(serde_json::from_str(&t).unwrap()),
+                tokio_tungstenite::tungstenite::Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), next)
+        .await
+        .expect("a websocket message within 10s")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streamed_docker_output_arrives_while_the_command_still_runs() {
+    let Some(docker) = docker_or_skip().await else { return };
+    let app = spawn_docker().await;
+    let id = create_docker(&app, json!({})).await;
+    let started = Instant::now();
+    let mut resp = app
+        .post(&format!("/sandboxes/{id}/exec"))
+        .json(&json!({"command": "echo 1; sleep 1; echo oops >&2; echo 2", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
+    let first = resp.chunk().await.unwrap().unwrap();
+    let first_at = started.elapsed();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&first).unwrap(),
+        json!({"stream": "stdout", "data": "1\n"})
+    );
+    let mut rest = Vec::new();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        rest.extend_from_slice(&chunk);
+    }
+    let total = started.elapsed();
+    let rest = String::from_utf8(rest).unwrap();
+    let lines: Vec<Value> = rest.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3, "{rest}");
+    // The daemon copies stdout and stderr apart, so their relative order
+    // is not kept.
+    let mut output = lines[..2].to_vec();
+    output.sort_by_key(|l| l["stream"].to_string());
+    assert_eq!(
+        output,
+        [
+            json!({"stream": "stderr", "data": "oops\n"}),
+            json!({"stream": "stdout", "data": "2\n"})
+        ]
+    );
+    assert_eq!(lines[2]["exit_code"], 0);
+    eprintln!("docker streaming: first chunk after {first_at:?}, end after {total:?}");
+    assert!(
+        first_at + Duration::from_millis(800) < total,
+        "first chunk at {first_at:?}, end at {total:?}"
+    );
+
+    // Output past the cap is neither sent nor kept; a streamed timeout
+    // ends with its error line after the partial output.
+    let text = app
+        .post(&format!("/sandboxes/{id}/exec"))
+        .json(&json!({"command": "echo a; sleep 1000", "stream": true, "timeout": "700ms"}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0], json!({"stream": "stdout", "data": "a\n"}));
+    assert_eq!(
+        lines[1],
+        json!({"error": {"code": "timeout", "message": "the command ran past its timeout of 700ms and was stopped"}})
+    );
+    assert!(!processes(&docker, &id).await.iter().any(|p| p.contains("sleep 1000")));
+    remove_containers_of(&docker, &app).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streamed_docker_output_stops_at_the_cap() {
+    let Some(docker) = docker_or_skip().await else { return };
+    let app = TestApp::spawn_with(|s| {
+        docker_settings(s);
+        s.exec.output_limit_bytes = 1000;
+    })
+    .await;
+    let id = create_docker(&app, json!({})).await;
+    let text = app
+        .post(&format!("/sandboxes/{id}/exec"))
+        .json(&json!({"command": "yes | head -c 5000; echo done >&2", "stream": true}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let streamed = |kind: &str| -> String {
+        lines
+            .iter()
+            .filter(|l| l["stream"] == kind)
+            .map(|l| l["data"].as_str().unwrap())
+            .collect()
+    };
+    assert_eq!(streamed("stdout"), "y\n".repeat(500));
+    assert_eq!(streamed("stderr"), "done\n");
+    assert_eq!(lines.last().unwrap()["exit_code"], 0, "{text}");
+    // The same bytes as the whole result.
+    let out = app.run(&id, "yes | head -c 5000").await;
+    assert_eq!(out["stdout"], "y\n".repeat(500));
+    assert_eq!(out["truncated"], true);
+    remove_containers_of(&docker, &app).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_websocket_exec_feeds_stdin_while_the_command_runs() {
+    let Some(docker) = docker_or_skip().await else { return };
+    let app = spawn_docker().await;
+    let id = create_docker(&app, json!({})).await;
+    let mut ws = ws_connect(&app, &id).await;
+    ws_send(
+        &mut ws,
+        json!({"type": "start", "command": "echo ready; read line; echo \"$line\" | rev"}),
+    )
+    .await;
+    // The command runs before any input: its first line comes first.
+    assert_eq!(
+        ws_next(&mut ws).await.unwrap(),
+        json!({"type": "stdout", "data": "ready\n"})
+    );
+    ws_send(&mut ws, json!({"type": "stdin", "data": "stacyvm\n"})).await;
+    assert_eq!(
+        ws_next(&mut ws).await.unwrap(),
+        json!({"type": "stdout", "data": "mvycats\n"})
+    );
+    let exit = ws_next(&mut ws).await.unwrap();
+    assert_eq!(exit["type"], "exit", "{exit}");
+    assert_eq!(exit["exit_code"], 0);
+
+    // stdin_close is an EOF for the command.
+    let mut ws = ws_connect(&app, &id).await;
+    ws_send(&mut ws, json!({"type": "start", "command": "wc -c"})).await;
+    ws_send(&mut ws, json!({"type": "stdin", "data": "abc"})).await;
+    ws_send(&mut ws, json!({"type": "stdin", "data": "de"})).await;
+    ws_send(&mut ws, json!({"type": "stdin_close"})).await;
+    let out = ws_next(&mut ws).await.unwrap();
+    assert_eq!(out["type"], "stdout");
+    assert_eq!(out["data"].as_str().unwrap().trim(), "5");
+    assert_eq!(ws_next(&mut ws).await.unwrap()["exit_code"], 0);
+
+    // A command waiting for input forever still ends at its deadline.
+    let mut ws = ws_connect(&app, &id).await;
+    ws_send(
+        &mut ws,
+        json!({"type": "start", "command": "read line; sleep 1000", "timeout": "700ms"}),
+    )
+    .await;
+    assert_eq!(
+        ws_next(&mut ws).await.unwrap(),
+        json!({"type": "error", "code": "timeout", "message": "the command ran past its timeout of 700ms and was stopped"})
+    );
+    remove_containers_of(&docker, &app).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_docker_websocket_client_that_disconnects_stops_the_program() {
+    let Some(docker) = docker_or_skip().await else { return };
+    let app = spawn_docker().await;
+    let id = create_docker(&app, json!({})).await;
+    let mut ws = ws_connect(&app, &id).await;
+    ws_send(
+        &mut ws,
+        json!({"type": "start", "command": "echo up; while :; do date >> /workspace/beat; sleep 0.1; done", "timeout": "60s"}),
+    )
+    .await;
+    assert_eq!(
+        ws_next(&mut ws).await.unwrap(),
+        json!({"type": "stdout", "data": "up\n"})
+    );
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let lines = |out: Value| out["stdout"].as_str().unwrap().trim().parse::<u64>().unwrap();
+    let before = lines(app.run(&id, "wc -l < /workspace/beat").await);
+    assert!(before > 0);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        lines(app.run(&id, "wc -l < /workspace/beat").await),
+        before,
+        "the program kept running after the client left"
+    );
+    let left = processes(&docker, &id).await;
+    assert!(
+        !left.iter().any(|p| p.contains("/workspace/beat")),
+        "still runs: {left:?}"
+    );
+
+    // The same for a streamed exec whose reader goes away: the provider
+    // sees its output receiver closed and kills the command.
+    let mut resp = app
+        .post(&format!("/sandboxes/{id}/exec"))
+        .json(&json!({"command": "while :; do date >> /workspace/beat2; echo x; sleep 0.1; done", "stream": true, "timeout": "60s"}))
+        .send()
+        .await
+        .unwrap();
+    resp.chunk().await.unwrap().unwrap();
+    drop(resp);
+    let stopped = eventually(Duration::from_secs(5), || async {
+        !processes(&docker, &id)
+            .await
+            .iter()
+            .any(|p| p.contains("/workspace/beat2"))
+    })
+    .await;
+    assert!(stopped, "the streamed command kept running after its reader left");
+    let before = lines(app.run(&id, "wc -l < /workspace/beat2").await);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(lines(app.run(&id, "wc -l < /workspace/beat2").await), before);
+    remove_containers_of(&docker, &app).await;
+}

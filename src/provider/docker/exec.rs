@@ -6,7 +6,12 @@
 //! [`WRAPPER`], a tiny `sh` whose argv carries a unique tag; on timeout a
 //! second exec ([`KILLER`]) finds the wrapper by that tag, freezes it and
 //! every descendant and group member with SIGSTOP, kills them all with
-//! SIGKILL, and waits until none is left.
+//! SIGKILL, and waits until none is left. The same killer stops a command
+//! whose client went away (its output receiver was closed).
+//!
+//! Output is demultiplexed as it arrives; with a tee, every kept byte is
+//! also sent at once, except a possible wrapper sentinel at the end of
+//! stderr, which is held back until it is known not to be one.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -17,9 +22,10 @@ use bollard::errors::Error as DockerError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::query_parameters::RestartContainerOptions;
 use futures_util::{Stream, StreamExt};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc::UnboundedSender;
 
-use crate::provider::{ExecMode, ExecOutput, ExecSpec};
+use crate::provider::{ExecMode, ExecOutput, ExecSpec, OutputChunk, StreamKind};
 
 /// Runs the user's command (`$2...`) in the workdir (`$1`). A workdir that
 /// cannot be entered is reported with a sentinel on stderr and exit 125,
@@ -91,6 +97,8 @@ pub const WORKDIR_NOT_DIR: &[u8] = b"\0stacyvm:workdir-not-dir";
 /// Exit code of the wrapper when the workdir cannot be entered.
 pub const WORKDIR_EXIT: i32 = 125;
 
+/// Every sentinel the wrapper may print at the end of stderr.
+const SENTINELS: [&[u8]; 3] = [OOM_SENTINEL, WORKDIR_MISSING, WORKDIR_NOT_DIR];
 /// Bytes of stderr kept past the cap to spot a sentinel at its very end.
 const TAIL_BYTES: usize = 64;
 /// Rounds of the killer before restarting the container instead. Each
@@ -102,6 +110,9 @@ const KILL_ROUNDS: usize = 10;
 const EXIT_POLL: Duration = Duration::from_millis(10);
 const EXIT_POLLS: usize = 50;
 
+/// Live standard input of an exec.
+pub type StdinStream = Box<dyn AsyncRead + Send + Sync + Unpin>;
+
 /// Output gathered so far; kept outside the running future so a timeout
 /// still has the partial output.
 #[derive(Default)]
@@ -111,9 +122,27 @@ pub struct Collected {
     pub truncated: bool,
     /// The last bytes of stderr, kept even past the cap.
     pub stderr_tail: Vec<u8>,
+    /// Where kept bytes are also sent as they arrive; a closed receiver
+    /// means the client left.
+    tee: Option<UnboundedSender<OutputChunk>>,
+    /// How much of `stderr` went to the tee already.
+    stderr_sent: usize,
 }
 
 impl Collected {
+    /// Also sends every kept byte to `tee` as it arrives.
+    pub fn with_tee(tee: Option<UnboundedSender<OutputChunk>>) -> Self {
+        Collected {
+            tee,
+            ..Default::default()
+        }
+    }
+
+    /// Forgets the output, keeping the tee (an exec started over).
+    pub fn reset(&mut self) {
+        *self = Collected::with_tee(self.tee.take());
+    }
+
     fn push(&mut self, output: LogOutput, limit: usize) {
         let (buf, data, is_err) = match output {
             LogOutput::StdOut { message } | LogOutput::Console { message } => (&mut self.stdout, message, false),
@@ -124,12 +153,40 @@ impl Collected {
         if data.len() > room {
             self.truncated = true;
         }
-        buf.extend_from_slice(&data[..data.len().min(room)]);
+        let kept = &data[..data.len().min(room)];
+        buf.extend_from_slice(kept);
         if is_err {
             self.stderr_tail.extend_from_slice(&data);
             let excess = self.stderr_tail.len().saturating_sub(TAIL_BYTES);
             self.stderr_tail.drain(..excess);
+            self.send_stderr(false);
+        } else if let Some(tx) = &self.tee
+            && !kept.is_empty()
+        {
+            // A closed receiver is noticed by `run`, which stops the command.
+            tx.send(OutputChunk {
+                stream: StreamKind::Stdout,
+                data: kept.to_vec(),
+            })
+            .ok();
         }
+    }
+
+    /// Sends the stderr not sent yet; unless `all`, holds back an end that
+    /// may be the start of a sentinel.
+    fn send_stderr(&mut self, all: bool) {
+        let Some(tx) = &self.tee else { return };
+        let unsent = &self.stderr[self.stderr_sent.min(self.stderr.len())..];
+        let held = if all { 0 } else { sentinel_start_len(unsent) };
+        let ready = &unsent[..unsent.len() - held];
+        if !ready.is_empty() {
+            tx.send(OutputChunk {
+                stream: StreamKind::Stderr,
+                data: ready.to_vec(),
+            })
+            .ok();
+        }
+        self.stderr_sent = self.stderr_sent.min(self.stderr.len()) + ready.len();
     }
 
     /// Removes `sentinel` if stderr ends with it; says whether it did.
@@ -143,7 +200,10 @@ impl Collected {
         true
     }
 
-    pub fn into_output(self, exit_code: i32, duration: Duration) -> ExecOutput {
+    /// The result; stderr held back for a sentinel is sent now (call this
+    /// after taking the sentinels).
+    pub fn into_output(mut self, exit_code: i32, duration: Duration) -> ExecOutput {
+        self.send_stderr(true);
         ExecOutput {
             exit_code,
             stdout: self.stdout,
@@ -153,12 +213,33 @@ impl Collected {
             trap: None,
         }
     }
+
+    /// Resolves when the tee's receiver is closed; never without a tee.
+    fn left(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let tee = self.tee.clone();
+        async move {
+            match tee {
+                Some(tx) => tx.closed().await,
+                None => std::future::pending().await,
+            }
+        }
+    }
+}
+
+/// The length of the longest end of `bytes` that a sentinel starts with.
+fn sentinel_start_len(bytes: &[u8]) -> usize {
+    let longest = SENTINELS.iter().map(|s| s.len()).max().unwrap_or(0);
+    (bytes.len().saturating_sub(longest)..bytes.len())
+        .find(|&i| bytes[i] == 0 && SENTINELS.iter().any(|s| s.starts_with(&bytes[i..])))
+        .map_or(0, |i| bytes.len() - i)
 }
 
 /// A finished user command, or one stopped at its deadline.
 pub enum Finished {
     Exited(i32),
     TimedOut,
+    /// The output receiver was closed, and the command killed.
+    Cancelled,
 }
 
 /// POSIX single-quoting, safe for any byte string.
@@ -195,21 +276,32 @@ pub fn user_argv(spec: &ExecSpec) -> (Vec<String>, String) {
 
 type OutputStream = Pin<Box<dyn Stream<Item = Result<LogOutput, DockerError>> + Send>>;
 
-/// Creates and starts an exec; stdin, if any, is written and closed by a
-/// task of its own so a program that writes before reading cannot deadlock.
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Creates and starts an exec. Its stdin (the bytes, then the live stream)
+/// is written and closed by a task of its own, so a program that writes
+/// before reading cannot deadlock; the task ends with the returned guard.
 async fn start(
     docker: &Docker,
     container: &str,
     argv: Vec<String>,
     env: Vec<String>,
     stdin: Option<Vec<u8>>,
+    live_stdin: &mut Option<StdinStream>,
     exec_id: &mut Option<String>,
-) -> Result<OutputStream, DockerError> {
+) -> Result<(OutputStream, Option<AbortOnDrop>), DockerError> {
     let created = docker
         .create_exec(
             container,
             CreateExecOptions {
-                attach_stdin: Some(stdin.is_some()),
+                attach_stdin: Some(stdin.is_some() || live_stdin.is_some()),
                 attach_stdout: Some(true),
                 attach_stderr: Some(true),
                 cmd: Some(argv),
@@ -221,15 +313,36 @@ async fn start(
     *exec_id = Some(created.id.clone());
     match docker.start_exec(&created.id, None).await? {
         StartExecResults::Attached { output, mut input } => {
-            if let Some(data) = stdin {
-                tokio::spawn(async move {
-                    // A program that exits without reading its input closes
-                    // the pipe; that is not an error.
-                    input.write_all(&data).await.ok();
-                    input.shutdown().await.ok();
-                });
+            // Taken only now: an exec that failed to start (and is started
+            // again) still has its live input.
+            let live = live_stdin.take();
+            if stdin.is_none() && live.is_none() {
+                return Ok((output, None));
             }
-            Ok(output)
+            let feeder = tokio::spawn(async move {
+                // A program that exits without reading its input closes
+                // the pipe; that is not an error.
+                if let Some(data) = stdin
+                    && input.write_all(&data).await.is_err()
+                {
+                    return;
+                }
+                if let Some(mut live) = live {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        match live.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if input.write_all(&buf[..n]).await.is_err() || input.flush().await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+                input.shutdown().await.ok();
+            });
+            Ok((output, Some(AbortOnDrop(feeder))))
         }
         StartExecResults::Detached => Err(DockerError::DockerStreamError {
             error: "exec started detached".into(),
@@ -261,6 +374,7 @@ async fn exit_code(docker: &Docker, exec_id: &str) -> Result<i32, DockerError> {
 }
 
 /// One command to run.
+#[derive(Clone)]
 pub struct Job {
     pub argv: Vec<String>,
     /// The wrapper's tag; without one a timed-out command is not killed.
@@ -272,9 +386,17 @@ pub struct Job {
     pub limit: usize,
 }
 
-/// Runs the job to completion or until its timeout; on timeout every
-/// process of the exec is killed before this returns.
-pub async fn run(docker: &Docker, container: &str, job: Job, out: &mut Collected) -> Result<Finished, DockerError> {
+/// Runs the job to completion, until its timeout, or until the client
+/// leaves (`out`'s tee is closed); on timeout or departure every process of
+/// the exec is killed before this returns. `live_stdin` is taken once the
+/// exec has started.
+pub async fn run(
+    docker: &Docker,
+    container: &str,
+    job: Job,
+    live_stdin: &mut Option<StdinStream>,
+    out: &mut Collected,
+) -> Result<Finished, DockerError> {
     let mut guard = KillOnDrop {
         docker: docker.clone(),
         container: container.to_string(),
@@ -289,18 +411,28 @@ pub async fn run(docker: &Docker, container: &str, job: Job, out: &mut Collected
         timeout,
         limit,
     } = job;
+    let left = out.left();
     let attempt = tokio::time::timeout(timeout, async {
-        let output = start(docker, container, argv, env, stdin, &mut guard.exec_id).await?;
-        drain(output, limit, out).await
+        let (output, _feeder) = start(docker, container, argv, env, stdin, live_stdin, &mut guard.exec_id).await?;
+        tokio::select! {
+            drained = drain(output, limit, out) => drained.map(|()| true),
+            () = left => Ok(false),
+        }
     })
     .await;
     let exec_id = guard.disarm();
     match attempt {
-        Ok(result) => {
-            result?;
+        Ok(Ok(true)) => {
             let id = exec_id.expect("a started exec has an id");
             Ok(Finished::Exited(exit_code(docker, &id).await?))
         }
+        Ok(Ok(false)) => {
+            if let Some(tag) = tag {
+                kill(docker, container, &tag, exec_id.as_deref()).await?;
+            }
+            Ok(Finished::Cancelled)
+        }
+        Ok(Err(e)) => Err(e),
         Err(_) => {
             if let Some(tag) = tag {
                 kill(docker, container, &tag, exec_id.as_deref()).await?;
@@ -364,7 +496,7 @@ async fn kill(docker: &Docker, container: &str, tag: &str, exec_id: Option<&str>
             timeout: Duration::from_secs(10),
             limit: 4096,
         };
-        if let Err(e) = Box::pin(run(docker, container, job, &mut report)).await {
+        if let Err(e) = Box::pin(run(docker, container, job, &mut None, &mut report)).await {
             // Under a fork bomb the killer may find no PID to start with.
             tracing::debug!(round, "the killer could not run: {e}");
         }
@@ -419,9 +551,9 @@ pub async fn script(
         timeout: Duration::from_secs(60),
         limit,
     };
-    match run(docker, container, job, &mut out).await? {
+    match run(docker, container, job, &mut None, &mut out).await? {
         Finished::Exited(code) => Ok((code, out)),
-        Finished::TimedOut => Err(DockerError::DockerStreamError {
+        Finished::TimedOut | Finished::Cancelled => Err(DockerError::DockerStreamError {
             error: "a file operation ran past one minute".into(),
         }),
     }
@@ -480,5 +612,53 @@ mod tests {
         );
         assert!(c.take_sentinel(OOM_SENTINEL));
         assert_eq!(c.stderr, b"oops");
+    }
+
+    fn err(data: &[u8]) -> LogOutput {
+        LogOutput::StdErr {
+            message: data.to_vec().into(),
+        }
+    }
+
+    fn sent(rx: &mut tokio::sync::mpsc::UnboundedReceiver<OutputChunk>) -> Vec<(StreamKind, Vec<u8>)> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|c| (c.stream, c.data))
+            .collect()
+    }
+
+    #[test]
+    fn kept_output_is_teed_at_once_but_a_possible_sentinel_waits() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut c = Collected::with_tee(Some(tx));
+        c.push(
+            LogOutput::StdOut {
+                message: "hello".into(),
+            },
+            4,
+        );
+        assert_eq!(sent(&mut rx), [(StreamKind::Stdout, b"hell".to_vec())]);
+        // A NUL that starts no sentinel goes; one that may start one waits.
+        c.push(err(b"a\0b\0stacy"), 100);
+        assert_eq!(sent(&mut rx), [(StreamKind::Stderr, b"a\0b".to_vec())]);
+        c.push(err(b"vm:nope"), 100);
+        assert_eq!(sent(&mut rx), [(StreamKind::Stderr, b"\0stacyvm:nope".to_vec())]);
+        c.push(err(b"x"), 100);
+        c.push(err(OOM_SENTINEL), 100);
+        assert_eq!(sent(&mut rx), [(StreamKind::Stderr, b"x".to_vec())]);
+        assert!(c.take_sentinel(OOM_SENTINEL));
+        let out = c.into_output(137, Duration::ZERO);
+        assert_eq!(out.stderr, b"a\0b\0stacyvm:nopex");
+        assert!(sent(&mut rx).is_empty(), "the sentinel is never sent");
+    }
+
+    #[test]
+    fn stderr_held_for_a_sentinel_that_never_came_is_sent_at_the_end() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut c = Collected::with_tee(Some(tx));
+        c.push(err(b"oops\0stacyvm:o"), 100);
+        assert_eq!(sent(&mut rx), [(StreamKind::Stderr, b"oops".to_vec())]);
+        assert!(!c.take_sentinel(OOM_SENTINEL));
+        c.into_output(1, Duration::ZERO);
+        assert_eq!(sent(&mut rx), [(StreamKind::Stderr, b"\0stacyvm:o".to_vec())]);
     }
 }

@@ -31,9 +31,11 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
 use self::connection::{Connection, INTERNAL_NETWORK, status_code};
-use self::exec::{Collected, Finished, Job};
+use self::exec::{Collected, Finished, Job, StdinStream};
 use self::files::{FileError, Files};
-use super::{Capabilities, ExecOutput, ExecSpec, FileEntry, Provider, ProviderError, ProviderStatus, SandboxStats};
+use super::{
+    Capabilities, ExecIo, ExecOutput, ExecSpec, FileEntry, Provider, ProviderError, ProviderStatus, SandboxStats,
+};
 use crate::sandbox::Sandbox;
 use crate::sandbox::path::SandboxPath;
 use crate::settings::Settings;
@@ -232,23 +234,18 @@ impl DockerProvider {
     }
 
     /// Runs a job; a container that stopped (its keep-alive was killed, the
-    /// daemon restarted) is started again once, its files intact.
+    /// daemon restarted) is started again once, its files intact. The live
+    /// stdin is only consumed by an exec that started, so the retry has it.
     async fn run_job(
         &self,
         docker: &Docker,
         name: &str,
         job: Job,
+        live_stdin: &mut Option<StdinStream>,
         out: &mut Collected,
     ) -> Result<Finished, ProviderError> {
-        let retry = Job {
-            argv: job.argv.clone(),
-            tag: job.tag.clone(),
-            env: job.env.clone(),
-            stdin: job.stdin.clone(),
-            timeout: job.timeout,
-            limit: job.limit,
-        };
-        match exec::run(docker, name, job, out).await {
+        let retry = job.clone();
+        match exec::run(docker, name, job, live_stdin, out).await {
             Ok(done) => Ok(done),
             Err(e) if status_code(&e) == Some(409) => {
                 tracing::info!(container = name, "container was not running; starting it again");
@@ -256,8 +253,8 @@ impl DockerProvider {
                     .start_container(name, None)
                     .await
                     .map_err(|e| self.docker_error("container start", e))?;
-                *out = Collected::default();
-                exec::run(docker, name, retry, out)
+                out.reset();
+                exec::run(docker, name, retry, live_stdin, out)
                     .await
                     .map_err(|e| self.docker_error("exec", e))
             }
@@ -388,6 +385,13 @@ impl Provider for DockerProvider {
     }
 
     async fn exec(&self, sandbox: &Sandbox, spec: ExecSpec) -> Result<ExecOutput, ProviderError> {
+        self.exec_io(sandbox, spec, ExecIo::default()).await
+    }
+
+    /// Output is sent as the command writes it (kept bytes only, like the
+    /// result); live stdin is fed while it runs and its end closes the
+    /// command's stdin; a closed output receiver kills the command.
+    async fn exec_io(&self, sandbox: &Sandbox, spec: ExecSpec, io: ExecIo) -> Result<ExecOutput, ProviderError> {
         let docker = self.conn.client()?;
         let name = Self::container_name(sandbox);
         let (argv, tag) = exec::user_argv(&spec);
@@ -400,11 +404,13 @@ impl Provider for DockerProvider {
             limit: self.output_limit,
         };
         let started = Instant::now();
-        let mut out = Collected::default();
-        let finished = self.run_job(&docker, &name, job, &mut out).await?;
+        let mut out = Collected::with_tee(io.output);
+        let mut live_stdin = io.stdin;
+        let finished = self.run_job(&docker, &name, job, &mut live_stdin, &mut out).await?;
         let duration = started.elapsed();
         let code = match finished {
             Finished::Exited(code) => code,
+            Finished::Cancelled => return Err(ProviderError::Cancelled),
             Finished::TimedOut => {
                 return Err(ProviderError::Timeout {
                     timeout: spec.timeout,

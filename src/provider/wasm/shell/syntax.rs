@@ -117,9 +117,7 @@ fn options() -> brush_parser::ParserOptions {
 pub fn parse(script: &str) -> Parsed<Script> {
     let opts = options();
     let mut parser = brush_parser::Parser::new(std::io::BufReader::new(script.as_bytes()), &opts);
-    let program = parser
-        .parse_program()
-        .map_err(|e| ParseError::Syntax(syntax_message(&e)))?;
+    let program = parser.parse_program().map_err(|e| syntax_error(&e))?;
     let mut lists = vec![];
     for complete in program.complete_commands {
         for ast::CompoundListItem(list, separator) in complete.0 {
@@ -132,20 +130,25 @@ pub fn parse(script: &str) -> Parsed<Script> {
     Ok(Script { lists })
 }
 
-/// brush's messages name its own internals; keep the sh-style gist.
-fn syntax_message(e: &brush_parser::ParseError) -> String {
+/// brush's messages, reworded as dash words them.
+fn syntax_error(e: &brush_parser::ParseError) -> ParseError {
     let text = e.to_string();
-    let lower = text.to_lowercase();
-    if lower.contains("unterminated") {
-        if lower.contains("single") {
-            return "Unterminated quoted string (')".into();
-        }
-        if lower.contains("double") {
-            return "Unterminated quoted string (\")".into();
-        }
-        return "Unterminated quoted string".into();
+    if text.contains("here document") {
+        // An unterminated here-document (or bash's <<<) is still one.
+        return ParseError::Unsupported("here-documents (<<)");
     }
-    text
+    let message = if text.contains("unterminated single quote") {
+        "Unterminated quoted string (')".to_string()
+    } else if text.contains("unterminated double quote") {
+        "Unterminated quoted string (\")".to_string()
+    } else if text.contains("end of input") {
+        "end of file unexpected".to_string()
+    } else if let Some(at) = text.strip_prefix("syntax error ") {
+        format!("unexpected token {at}")
+    } else {
+        text
+    };
+    ParseError::Syntax(message)
 }
 
 fn and_or(list: ast::AndOrList) -> Parsed<AndOrList> {

@@ -486,3 +486,42 @@ async fn a_streamed_script_sends_builtin_and_guest_output_as_it_comes() {
     assert_eq!(lines[2], json!({"stream": "stderr", "data": "three\n"}));
     assert_eq!(lines[3]["exit_code"], 5);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn builtin_output_past_the_cap_is_dropped_and_flagged_but_pipes_keep_it_all() {
+    let app = TestApp::spawn_with(|s| s.exec.output_limit_bytes = 10).await;
+    let id = app.create_wasm().await;
+    let out = app.run(&id, "echo 0123456789abcdef; echo more").await;
+    assert_eq!(out["stdout"], "0123456789");
+    assert_eq!(out["truncated"], true);
+    let out = app.run(&id, "python3 -c 'print(\"x\" * 5000)' | wc -c").await;
+    assert_eq!(out["stdout"], "5001\n");
+    assert!(out.get("truncated").is_none(), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_script_stops_when_its_websocket_client_leaves() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    let url = app
+        .url(&format!("/sandboxes/{id}/exec/ws"))
+        .replacen("http://", "ws://", 1);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let start = json!({"type": "start", "command": "echo up; sleep 1; touch after", "timeout": "60s"});
+    ws.send(Message::Text(start.to_string().into())).await.unwrap();
+    let Some(Ok(Message::Text(first))) = ws.next().await else {
+        panic!("no first message");
+    };
+    assert_eq!(
+        serde_json::from_str::<Value>(&first).unwrap(),
+        json!({"type": "stdout", "data": "up\n"})
+    );
+    drop(ws);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(
+        !app.sandbox_dir(&id).join("workspace/after").exists(),
+        "the script kept running after the client left"
+    );
+}

@@ -196,7 +196,7 @@ impl Provider for WasmProvider {
                 exec: true,
                 files: true,
                 stdin: true,
-                shell: false,
+                shell: true,
                 preview: false,
                 stats: true,
                 network: false,

@@ -62,6 +62,12 @@ def test_exec_returns_output_and_exit_codes(sandbox):
         assert result.stdout == "['y z']\n"
         result = sb.exec("python3 -c 'import os; print(os.getcwd(), os.environ[\"K\"])'", env={"K": "v"}, workdir="/tmp")
         assert result.stdout == "/tmp v\n"
+        # Shell command lines, as agents send them.
+        assert sb.exec("exit 42").exit_code == 42
+        assert sb.exec("echo oops >&2").stderr == "oops\n"
+        assert sb.exec("echo hi > a.txt && cat a.txt | wc -c").stdout == "3\n"
+        result = sb.exec("python3 -c 'import sys; print(sys.argv)' x \"y z\"")
+        assert result.stdout == "['-c', 'x', 'y z']\n"
     else:
         result = sb.exec("echo hi; echo oops >&2; exit 42")
         assert (result.exit_code, result.stdout, result.stderr) == (42, "hi\n", "oops\n")

@@ -11,8 +11,10 @@
 //! - [`runtime`]: the interpreter catalogue from `runtimes/` and
 //!   `wasm-images/`, and fetching images.
 //! - [`duration`]: Go duration syntax for `ttl` and `timeout`.
+//! - [`bench`]: `stacyvm bench`, latency, throughput and density over HTTP.
 
 pub mod api;
+pub mod bench;
 pub mod duration;
 pub mod provider;
 pub mod runtime;

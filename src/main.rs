@@ -1,5 +1,5 @@
 //! The `stacyvm` command: `serve` runs the server, `images pull` fetches the
-//! wasm images ahead of time.
+//! wasm images ahead of time, `bench` measures a server.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,6 +45,8 @@ enum Command {
         #[command(subcommand)]
         command: ImagesCommand,
     },
+    /// Measure latency, throughput and density over HTTP, and print them with their ratios.
+    Bench(stacyvm::bench::Options),
 }
 
 #[derive(Subcommand)]
@@ -93,5 +95,6 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Bench(options) => stacyvm::bench::run(options).await,
     }
 }

@@ -19,6 +19,7 @@ pub fn router() -> Router<AppState> {
         .route("/ready", get(ready))
         .route("/providers", get(providers))
         .route("/providers/{name}", get(provider))
+        .route("/metrics/prometheus", get(metrics))
 }
 
 async fn health(State(state): State<AppState>) -> Response {
@@ -77,4 +78,12 @@ async fn provider(State(state): State<AppState>, Path(name): Path<String>) -> Re
         .find(|(s, _)| s.name == name)
         .map(|p| Json(view(p)))
         .ok_or_else(|| ApiError::NotFound(format!("provider {name} not found")))
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.service.metrics_text(),
+    )
+        .into_response()
 }

@@ -2,6 +2,7 @@
 
 pub mod events;
 pub mod id;
+pub mod metrics;
 pub mod path;
 pub mod registry;
 
@@ -112,6 +113,7 @@ pub struct SandboxService {
     settings: Arc<Settings>,
     history: Mutex<HashMap<SandboxId, VecDeque<String>>>,
     events: events::EventBus,
+    metrics: metrics::Metrics,
 }
 
 impl SandboxService {
@@ -128,6 +130,7 @@ impl SandboxService {
             settings,
             history: Mutex::default(),
             events: events::EventBus::new(),
+            metrics: metrics::Metrics::default(),
         };
         let mut kept = vec![];
         for sb in loaded {
@@ -184,6 +187,20 @@ impl SandboxService {
             .and_then(|sid| self.registry.get(&sid))
             .ok_or_else(|| ServiceError::SandboxNotFound(id.to_string()))?;
         Ok(self.provider(&sb.provider)?.preview_target(&sb, port).await?)
+    }
+
+    /// The Prometheus text of `GET /metrics/prometheus`.
+    pub fn metrics_text(&self) -> String {
+        let mut live: BTreeMap<(String, String), usize> = BTreeMap::new();
+        for sb in self.registry.filter(|_| true) {
+            let state = serde_json::to_value(sb.state)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
+            *live.entry((sb.provider, state)).or_default() += 1;
+        }
+        let live: Vec<_> = live.into_iter().map(|((p, s), n)| (p, s, n)).collect();
+        self.metrics.render(&live)
     }
 
     /// Live events of `tenant`'s sandboxes.
@@ -289,6 +306,7 @@ impl SandboxService {
             return Err(ProviderError::Internal(e).into());
         }
         tracing::info!(id = %sandbox.id, provider = %sandbox.provider, image = %sandbox.image, "sandbox created");
+        self.metrics.created(&sandbox.provider);
         self.events.publish(
             &sandbox,
             "sandbox.created",
@@ -339,6 +357,7 @@ impl SandboxService {
         self.registry.remove(&sb.id).map_err(ProviderError::Internal)?;
         self.history.lock().unwrap().remove(&sb.id);
         tracing::info!(id = %sb.id, "sandbox destroyed");
+        self.metrics.destroyed(&sb.provider, event == "sandbox.expired");
         self.events.publish(sb, event, serde_json::json!({}));
         Ok(())
     }
@@ -441,7 +460,16 @@ impl SandboxService {
             spec,
             summary,
         } = prepared;
+        let started = std::time::Instant::now();
         let result = provider.exec_io(&sb, spec, io).await;
+        let outcome = match &result {
+            Ok(_) => "completed",
+            Err(ProviderError::Timeout { .. }) => "timeout",
+            Err(ProviderError::FuelExhausted { .. }) => "cpu_limit",
+            Err(ProviderError::MemoryLimit { .. }) => "memory_limit",
+            Err(_) => "failed",
+        };
+        self.metrics.exec(&sb.provider, outcome, started.elapsed());
         let (kind, data) = match &result {
             Ok(out) => (
                 "exec.completed",

@@ -401,3 +401,31 @@ async fn preview_is_unsupported_on_wasm() {
         "preview is not supported by the wasm provider: its sandboxes have no network",
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_metrics_count_sandboxes_execs_and_limit_kills() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    app.run(&id, "python3 -c 'print(1)'").await;
+    let (status, _) = app
+        .exec(
+            &id,
+            json!({"command": "python3 -c 'while True: pass'", "timeout": "200ms"}),
+        )
+        .await;
+    assert_eq!(status, 408);
+    let resp = app.get("/metrics/prometheus").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/plain; version=0.0.4");
+    let text = resp.text().await.unwrap();
+    for line in [
+        "stacyvm_sandboxes{provider=\"wasm\",state=\"running\"} 1",
+        "stacyvm_sandboxes_created_total{provider=\"wasm\"} 1",
+        "stacyvm_execs_total{provider=\"wasm\",outcome=\"completed\"} 1",
+        "stacyvm_execs_total{provider=\"wasm\",outcome=\"timeout\"} 1",
+        "stacyvm_limit_kills_total{kind=\"timeout\"} 1",
+        "stacyvm_exec_duration_seconds_count{provider=\"wasm\"} 2",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+    }
+}

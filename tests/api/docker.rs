@@ -17,7 +17,7 @@ use bollard::query_parameters::{CreateContainerOptions, ListContainersOptions, R
 use serde_json::{Value, json};
 use stacyvm::settings::Settings;
 
-use crate::helpers::{TestApp, assert_error, assert_error_contains, send};
+use crate::helpers::{TestApp, assert_error, assert_error_contains, send, ws_connect, ws_next, ws_send};
 
 const BUSYBOX: &str = "stacyvm-test-busybox:latest";
 const PYTHON: &str = "stacyvm-test-python:latest";
@@ -713,43 +713,6 @@ async fn a_daemon_that_appears_later_is_picked_up_and_one_that_goes_away_is_noti
     std::os::unix::fs::symlink("/var/run/docker.sock", &socket).unwrap();
     assert!(eventually(Duration::from_secs(5), available).await);
     send(app.delete(&format!("/sandboxes/{id}"))).await;
-}
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn ws_connect(app: &TestApp, id: &str) -> Ws {
-    let url = app
-        .url(&format!("/sandboxes/{id}/exec/ws"))
-        .replacen("http://", "ws://", 1);
-    tokio_tungstenite::connect_async(url)
-        .await
-        .expect("websocket connects")
-        .0
-}
-
-async fn ws_send(ws: &mut Ws, v: Value) {
-    use futures_util::SinkExt;
-    ws.send(tokio_tungstenite::tungstenite::Message::Text(v.to_string().into()))
-        .await
-        .unwrap();
-}
-
-/// The next JSON message, or None when the socket closes; a message that
-/// does not come within ten seconds fails the test.
-async fn ws_next(ws: &mut Ws) -> Option<Value> {
-    use futures_util::StreamExt;
-    let next = async {
-        loop {
-            match ws.next().await?.ok()? {
-                tokio_tungstenite::tungstenite::Message::Text(t) => return Some(serde_json::from_str(&t).unwrap()),
-                tokio_tungstenite::tungstenite::Message::Close(_) => return None,
-                _ => continue,
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), next)
-        .await
-        .expect("a websocket message within 10s")
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,6 +1,6 @@
 use serde_json::json;
 
-use crate::helpers::{TestApp, assert_error, assert_error_contains, send};
+use crate::helpers::{TestApp, assert_error, assert_error_contains, send, ws_connect, ws_next, ws_send};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_reports_exit_codes_stdout_and_stderr() {
@@ -307,42 +307,6 @@ async fn a_streamed_timeout_ends_with_an_error_line_after_the_partial_output() {
     )
     .await;
     assert_eq!(got.0, 400);
-}
-
-async fn ws_connect(
-    app: &TestApp,
-    id: &str,
-) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
-    let url = app
-        .url(&format!("/sandboxes/{id}/exec/ws"))
-        .replacen("http://", "ws://", 1);
-    tokio_tungstenite::connect_async(url)
-        .await
-        .expect("websocket connects")
-        .0
-}
-
-async fn ws_send(
-    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-    v: serde_json::Value,
-) {
-    use futures_util::SinkExt;
-    ws.send(tokio_tungstenite::tungstenite::Message::Text(v.to_string().into()))
-        .await
-        .unwrap();
-}
-
-async fn ws_next(
-    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-) -> Option<serde_json::Value> {
-    use futures_util::StreamExt;
-    loop {
-        match ws.next().await?.ok()? {
-            tokio_tungstenite::tungstenite::Message::Text(t) => return Some(serde_json::from_str(&t).unwrap()),
-            tokio_tungstenite::tungstenite::Message::Close(_) => return None,
-            _ => continue,
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -152,3 +152,41 @@ pub fn assert_error_contains(got: &(u16, Value), status: u16, code: &str, fragme
     let message = got.1["message"].as_str().unwrap();
     assert!(message.contains(fragment), "message {message:?} lacks {fragment:?}");
 }
+
+/// A WebSocket to the interactive exec route.
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub async fn ws_connect(app: &TestApp, id: &str) -> Ws {
+    let url = app
+        .url(&format!("/sandboxes/{id}/exec/ws"))
+        .replacen("http://", "ws://", 1);
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket connects")
+        .0
+}
+
+pub async fn ws_send(ws: &mut Ws, v: Value) {
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(v.to_string().into()))
+        .await
+        .unwrap();
+}
+
+/// The next JSON message, or None when the socket closes; a message that
+/// does not come within ten seconds fails the test.
+pub async fn ws_next(ws: &mut Ws) -> Option<Value> {
+    use futures_util::StreamExt;
+    let next = async {
+        loop {
+            match ws.next().await?.ok()? {
+                tokio_tungstenite::tungstenite::Message::Text(t) => return Some(serde_json::from_str(&t).unwrap()),
+                tokio_tungstenite::tungstenite::Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), next)
+        .await
+        .expect("a websocket message within 10s")
+}

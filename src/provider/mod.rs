@@ -6,7 +6,6 @@
 
 pub mod docker;
 pub mod glob;
-pub mod unavailable;
 pub mod wasm;
 
 use std::collections::BTreeMap;

@@ -20,6 +20,7 @@ pub fn router() -> Router<AppState> {
         .route("/providers", get(providers))
         .route("/providers/{name}", get(provider))
         .route("/metrics/prometheus", get(metrics))
+        .route("/openapi.json", get(openapi))
 }
 
 async fn health(State(state): State<AppState>) -> Response {
@@ -86,4 +87,11 @@ async fn metrics(State(state): State<AppState>) -> Response {
         state.service.metrics_text(),
     )
         .into_response()
+}
+
+/// The machine-readable form of docs/API.md, kept beside it.
+const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+async fn openapi() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }

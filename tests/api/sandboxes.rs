@@ -429,3 +429,49 @@ async fn prometheus_metrics_count_sandboxes_execs_and_limit_kills() {
         assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openapi_document_lists_exactly_routes_the_server_serves() {
+    let app = TestApp::spawn().await;
+    let (status, doc) = send(app.get("/openapi.json")).await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.0.3");
+    let id = app.create_wasm().await;
+    let paths = doc["paths"].as_object().unwrap();
+    assert_eq!(paths.len(), 22);
+    let mut deletes = vec![];
+    for (path, item) in paths {
+        let concrete = path
+            .replace("{id}", &id)
+            .replace("{port}", "8080")
+            .replace("{rest}", "index.html")
+            .replace("{name}", "wasm");
+        for method in ["get", "post", "put", "delete"] {
+            if item.get(method).is_none() {
+                continue;
+            }
+            if method == "delete" {
+                deletes.push(concrete.clone());
+                continue;
+            }
+            let rb = match method {
+                "get" => app.get(&concrete),
+                "post" => app.post(&concrete).json(&json!({})),
+                _ => app.put(&concrete).body("x"),
+            };
+            let resp = rb.send().await.unwrap();
+            let code = resp.status().as_u16();
+            if code == 404 {
+                let body: serde_json::Value = resp.json().await.unwrap();
+                assert!(
+                    !body["message"].as_str().unwrap().starts_with("no route"),
+                    "{method} {path} is not served"
+                );
+            }
+            assert_ne!(code, 405, "{method} {path} is not served");
+        }
+    }
+    for path in deletes {
+        assert_ne!(send(app.delete(&path)).await.0, 405, "delete {path}");
+    }
+}

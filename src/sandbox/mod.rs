@@ -31,6 +31,19 @@ pub enum SandboxState {
     Error,
 }
 
+impl SandboxState {
+    /// The name clients see, as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxState::Creating => "creating",
+            SandboxState::Running => "running",
+            SandboxState::Expired => "expired",
+            SandboxState::Destroyed => "destroyed",
+            SandboxState::Error => "error",
+        }
+    }
+}
+
 /// A sandbox as the registry keeps it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sandbox {
@@ -193,11 +206,7 @@ impl SandboxService {
     pub fn metrics_text(&self) -> String {
         let mut live: BTreeMap<(String, String), usize> = BTreeMap::new();
         for sb in self.registry.filter(|_| true) {
-            let state = serde_json::to_value(sb.state)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default();
-            *live.entry((sb.provider, state)).or_default() += 1;
+            *live.entry((sb.provider, sb.state.as_str().to_string())).or_default() += 1;
         }
         let live: Vec<_> = live.into_iter().map(|((p, s), n)| (p, s, n)).collect();
         self.metrics.render(&live)
@@ -329,13 +338,7 @@ impl SandboxService {
             &sb.tenant == tenant
                 && filter.owner_id.as_ref().is_none_or(|o| sb.owner_id.as_ref() == Some(o))
                 && filter.provider.as_ref().is_none_or(|p| &sb.provider == p)
-                && filter.state.as_ref().is_none_or(|s| {
-                    serde_json::to_value(sb.state)
-                        .ok()
-                        .and_then(|v| v.as_str().map(String::from))
-                        .as_deref()
-                        == Some(s)
-                })
+                && filter.state.as_ref().is_none_or(|s| sb.state.as_str() == s)
         });
         list.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
         list
@@ -525,10 +528,6 @@ impl SandboxService {
         let sb = self.get(tenant, id)?;
         let provider = self.provider(&sb.provider)?.clone();
         Ok((sb, provider))
-    }
-
-    pub fn disk_quota_bytes(&self) -> u64 {
-        self.settings.disk_quota_bytes()
     }
 }
 

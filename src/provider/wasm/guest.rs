@@ -45,32 +45,28 @@ struct Quota {
     remaining: u64,
     /// Once the guest moves a file onto fd 0-2, every fd is charged.
     stdio_replaced: bool,
-    hit: bool,
 }
 
-/// Marks the error that the epoch callback raises at the deadline.
-#[derive(Debug)]
+/// Marks the error that stops a guest at its deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("the exec deadline was reached")]
 struct DeadlineReached;
 
-impl std::fmt::Display for DeadlineReached {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the exec deadline was reached")
-    }
-}
-
-impl std::error::Error for DeadlineReached {}
-
-/// Marks the error raised when the client that receives the output left.
-#[derive(Debug)]
+/// Marks the error that stops a guest whose output receiver left.
+#[derive(Debug, thiserror::Error)]
+#[error("the client disconnected")]
 struct ClientGone;
 
-impl std::fmt::Display for ClientGone {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the client disconnected")
+/// Why a running guest must stop now, if it must.
+fn must_stop(state: &GuestState) -> Option<wasmtime::Error> {
+    if Instant::now() >= state.deadline {
+        Some(wasmtime::Error::new(DeadlineReached))
+    } else if state.output.as_ref().is_some_and(|tx| tx.is_closed()) {
+        Some(wasmtime::Error::new(ClientGone))
+    } else {
+        None
     }
 }
-
-impl std::error::Error for ClientGone {}
 
 /// Registers WASI preview1, then shadows the functions that grow files.
 pub fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
@@ -253,11 +249,8 @@ fn sleep_only(
     loop {
         let now = Instant::now();
         let state = caller.data();
-        if now >= state.deadline {
-            return Err(wasmtime::Error::new(DeadlineReached));
-        }
-        if state.output.as_ref().is_some_and(|tx| tx.is_closed()) {
-            return Err(wasmtime::Error::new(ClientGone));
+        if let Some(stop) = must_stop(state) {
+            return Err(stop);
         }
         if now >= earliest {
             break;
@@ -295,7 +288,6 @@ fn charge(caller: &mut Caller<'_, GuestState>, bytes: Option<u64>) -> bool {
     let Some(bytes) = bytes else { return true };
     let quota = &mut caller.data_mut().quota;
     if bytes > quota.remaining {
-        quota.hit = true;
         return false;
     }
     quota.remaining -= bytes;
@@ -369,7 +361,6 @@ pub fn run(runtime: &LoadedRuntime, job: GuestJob) -> Result<ExecOutput, Provide
         quota: Quota {
             remaining: job.disk_remaining,
             stdio_replaced: false,
-            hit: false,
         },
         deadline: started + job.timeout,
         output: job.output.clone(),
@@ -379,17 +370,10 @@ pub fn run(runtime: &LoadedRuntime, job: GuestJob) -> Result<ExecOutput, Provide
     store
         .set_fuel(job.fuel)
         .map_err(|e| ProviderError::Internal(anyhow::Error::from(e).context("cannot set fuel")))?;
-    let deadline = started + job.timeout;
     store.set_epoch_deadline(1);
-    let watcher = job.output.clone();
-    store.epoch_deadline_callback(move |_| {
-        if Instant::now() >= deadline {
-            Err(wasmtime::Error::new(DeadlineReached))
-        } else if watcher.as_ref().is_some_and(|tx| tx.is_closed()) {
-            Err(wasmtime::Error::new(ClientGone))
-        } else {
-            Ok(UpdateDeadline::Continue(1))
-        }
+    store.epoch_deadline_callback(|ctx| match must_stop(ctx.data()) {
+        Some(stop) => Err(stop),
+        None => Ok(UpdateDeadline::Continue(1)),
     });
 
     let result = runtime

@@ -1,10 +1,14 @@
-//! Embeds `runtimes/*.toml` and `wasm-images/*.toml` into the binary, so that
-//! adding an interpreter is adding files, and the binary still runs alone.
+//! Embeds `runtimes/*.toml`, `wasm-images/*.toml` and the image build recipes
+//! under `images/<name>/` into the binary, so that adding an interpreter is
+//! adding files, and the binary still runs alone.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn main() {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+
     let mut out = String::from("&[\n");
     for dir in ["runtimes", "wasm-images"] {
         println!("cargo:rerun-if-changed={dir}");
@@ -16,7 +20,7 @@ fn main() {
         entries.sort();
         for path in entries {
             println!("cargo:rerun-if-changed={}", path.display());
-            let abs = Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join(&path);
+            let abs = root.join(&path);
             writeln!(
                 out,
                 "    ({:?}, include_str!({:?})),",
@@ -27,6 +31,45 @@ fn main() {
         }
     }
     out.push(']');
-    let dest = Path::new(&std::env::var("OUT_DIR").unwrap()).join("catalog_files.rs");
-    std::fs::write(dest, out).unwrap();
+    std::fs::write(out_dir.join("catalog_files.rs"), out).unwrap();
+
+    // Every file of every recipe, by path relative to its recipe directory.
+    println!("cargo:rerun-if-changed=images");
+    let mut out = String::from("&[\n");
+    let mut recipes: Vec<_> = std::fs::read_dir("images")
+        .map(|d| d.map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect())
+        .unwrap_or_default();
+    recipes.sort();
+    for recipe in recipes {
+        let name = recipe.file_name().unwrap().to_string_lossy().into_owned();
+        let mut files = vec![];
+        collect(&recipe, &mut files);
+        files.sort();
+        writeln!(out, "    ({name:?}, &[").unwrap();
+        for file in files {
+            println!("cargo:rerun-if-changed={}", file.display());
+            let rel = file.strip_prefix(&recipe).unwrap().display().to_string();
+            let abs = root.join(&file).display().to_string();
+            writeln!(out, "        ({rel:?}, include_bytes!({abs:?})),").unwrap();
+        }
+        writeln!(out, "    ]),").unwrap();
+    }
+    out.push(']');
+    std::fs::write(out_dir.join("recipe_files.rs"), out).unwrap();
+}
+
+fn collect(dir: &Path, files: &mut Vec<PathBuf>) {
+    println!("cargo:rerun-if-changed={}", dir.display());
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy();
+        if name.starts_with('.') || name == "__pycache__" {
+            continue;
+        }
+        if path.is_dir() {
+            collect(&path, files);
+        } else {
+            files.push(path);
+        }
+    }
 }

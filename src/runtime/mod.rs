@@ -3,6 +3,7 @@
 //! read from a directory), plus fetching and verifying the images.
 
 pub mod fetch;
+pub mod recipe;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -11,7 +12,8 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
-/// Where an image comes from and how to check it.
+/// Where an image comes from and how to check it: either fetched from
+/// pinned `sources`, or built here from the recipe `images/<build>/`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageManifest {
@@ -19,9 +21,32 @@ pub struct ImageManifest {
     pub license: String,
     #[serde(default)]
     pub notice: String,
+    #[serde(default)]
+    pub kind: ImageKind,
+    #[serde(default)]
     pub wasm_sha256: String,
+    #[serde(default)]
     pub wasm_size: u64,
+    #[serde(default)]
     pub sources: Vec<ImageSource>,
+    /// The recipe directory under `images/` that builds this image.
+    #[serde(default)]
+    pub build: Option<String>,
+    /// Read-only directories of a built image, by guest path: the value is
+    /// a directory relative to the built image.
+    #[serde(default)]
+    pub mounts: BTreeMap<String, String>,
+}
+
+/// What kind of WebAssembly program an image is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageKind {
+    /// A WASI preview1 command module (`_start`).
+    #[default]
+    Module,
+    /// A WASI 0.2 `wasi:cli/command` component.
+    Component,
 }
 
 /// One registry package that carries the image as a member file.
@@ -55,6 +80,10 @@ pub struct RuntimeDef {
     pub argv_prefix: Vec<String>,
     #[serde(default)]
     pub default: bool,
+    /// The runtime that serves this one's images and commands when its own
+    /// image cannot be fetched or built.
+    #[serde(default)]
+    pub fallback: Option<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Read-only files mounted at `/.stacyvm/<name>/` in the guest.
@@ -140,14 +169,19 @@ impl Catalog {
             {
                 bail!("runtime name {:?} must be alphanumeric", r.name);
             }
-            for key in r
-                .images
-                .iter()
-                .map(|i| format!("image {i}"))
-                .chain(r.commands.iter().map(|c| format!("command {c}")))
-            {
+            // Images name one runtime each; a command may be offered by
+            // several (python3 in a python:3.12 sandbox runs 3.12).
+            for key in r.images.iter().map(|i| format!("image {i}")) {
                 if let Some(other) = names.insert(key.clone(), r.name.clone()) {
                     bail!("{key} is claimed by both {other} and {}", r.name);
+                }
+            }
+            if let Some(fallback) = &r.fallback {
+                let Some(f) = self.runtimes.iter().find(|f| &f.name == fallback) else {
+                    bail!("runtime {} falls back to the unknown runtime {fallback}", r.name);
+                };
+                if f.fallback.is_some() || self.images.get(&f.wasm_image).is_some_and(|m| m.build.is_some()) {
+                    bail!("runtime {} must fall back to a runtime with a fetched image", r.name);
                 }
             }
             for file in r.support_files.keys() {
@@ -157,8 +191,21 @@ impl Catalog {
             }
         }
         for m in self.images.values() {
-            if m.wasm_sha256.len() != 64 || m.sources.is_empty() {
-                bail!("image manifest {} needs a sha256 and at least one source", m.name);
+            match &m.build {
+                Some(recipe) => {
+                    if !m.sources.is_empty() || !m.wasm_sha256.is_empty() {
+                        bail!("image manifest {} is built from a recipe and takes no sources", m.name);
+                    }
+                    recipe::digest(recipe).with_context(|| format!("image manifest {}", m.name))?;
+                }
+                None => {
+                    if m.wasm_sha256.len() != 64 || m.sources.is_empty() {
+                        bail!("image manifest {} needs a sha256 and at least one source", m.name);
+                    }
+                    if !m.mounts.is_empty() {
+                        bail!("image manifest {}: only built images have mounts", m.name);
+                    }
+                }
             }
         }
         Ok(())
@@ -178,12 +225,24 @@ impl Catalog {
     }
 
     /// The runtime a command word runs. `/usr/bin/python3` is `python3`.
-    pub fn runtime_for_command(&self, command: &str) -> Option<&Arc<RuntimeDef>> {
+    /// When several offer the command, the sandbox's own runtime (`home`)
+    /// wins, then the default one.
+    pub fn runtime_for_command(&self, command: &str, home: Option<&str>) -> Option<&Arc<RuntimeDef>> {
         let name = ["/usr/local/bin/", "/usr/bin/", "/bin/"]
             .iter()
             .find_map(|dir| command.strip_prefix(dir))
             .unwrap_or(command);
-        self.runtimes.iter().find(|r| r.commands.iter().any(|c| c == name))
+        let offers: Vec<&Arc<RuntimeDef>> = self
+            .runtimes
+            .iter()
+            .filter(|r| r.commands.iter().any(|c| c == name))
+            .collect();
+        offers
+            .iter()
+            .find(|r| Some(r.name.as_str()) == home)
+            .or_else(|| offers.iter().find(|r| r.default))
+            .or(offers.first())
+            .copied()
     }
 
     pub fn image(&self, name: &str) -> Option<&ImageManifest> {
@@ -208,10 +267,28 @@ mod tests {
     fn the_built_in_catalogue_offers_python_as_the_default() {
         let c = Catalog::built_in().unwrap();
         assert_eq!(c.default_runtime().name, "python");
-        assert_eq!(c.runtime_for_image("python:3.12").unwrap().name, "python");
-        assert_eq!(c.runtime_for_command("python3").unwrap().name, "python");
-        assert_eq!(c.runtime_for_command("/usr/bin/python3").unwrap().name, "python");
-        assert!(c.runtime_for_command("ruby").is_none());
+        assert_eq!(c.runtime_for_image("python:3.14").unwrap().name, "python");
+        assert_eq!(c.runtime_for_image("python:3.12").unwrap().name, "python312");
+        assert_eq!(c.runtime_for_command("python3", None).unwrap().name, "python");
+        assert_eq!(c.runtime_for_command("/usr/bin/python3", None).unwrap().name, "python");
+        assert!(c.runtime_for_command("ruby", None).is_none());
+    }
+
+    #[test]
+    fn a_command_runs_the_sandboxes_own_runtime_when_several_offer_it() {
+        let c = Catalog::built_in().unwrap();
+        assert_eq!(
+            c.runtime_for_command("python3", Some("python312")).unwrap().name,
+            "python312"
+        );
+        assert_eq!(
+            c.runtime_for_command("python3", Some("quickjs")).unwrap().name,
+            "python"
+        );
+        assert_eq!(
+            c.runtime_for_command("python3.12", Some("python")).unwrap().name,
+            "python312"
+        );
         assert!(c.runtime_for_image("alpine:latest").is_none());
     }
 }

@@ -11,11 +11,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sha2::{Digest, Sha256};
-use wasmtime::{Config, Engine, InstancePre, Linker, Module, OptLevel};
+use wasmtime::component::{Component, Linker as ComponentLinker};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, OptLevel, PoolingAllocationConfig,
+};
+use wasmtime_wasi::p2::bindings::sync::CommandPre;
 
+use super::component::{self, ComponentState};
 use super::guest::{GuestState, add_to_linker};
 use crate::runtime::fetch::{sha256_file, write_atomically};
-use crate::runtime::{Catalog, RuntimeDef, fetch};
+use crate::runtime::{Catalog, ImageKind, RuntimeDef, fetch, recipe};
 
 /// How often the epoch advances. Deadlines are checked at this granularity,
 /// so a timed-out guest stops within about one tick of its deadline.
@@ -24,73 +29,260 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// A runtime ready to instantiate.
 pub struct LoadedRuntime {
     pub def: Arc<RuntimeDef>,
-    pub pre: InstancePre<GuestState>,
-    /// Host directory holding the runtime's read-only support files.
-    pub support_dir: Option<PathBuf>,
+    pub program: Program,
+    /// Read-only host directories and where the guest sees them: the
+    /// runtime's support files and the image's own mounts.
+    pub mounts: Vec<(PathBuf, String)>,
+}
+
+/// A linked program: a preview1 module or a WASI 0.2 command component.
+#[derive(Clone)]
+pub enum Program {
+    Module(InstancePre<GuestState>),
+    Component(CommandPre<ComponentState>),
 }
 
 pub struct WasmEngine {
     pub runtimes: HashMap<String, Arc<LoadedRuntime>>,
+    /// Whether instances come from the pooling allocator.
+    pub pooling: bool,
     _ticker: EpochTicker,
 }
 
+/// The largest wasm stack a guest may use. CPython recurses deeply in C
+/// (its recursion limit is 1000 Python frames), so this is above wasmtime's
+/// default; the threads that run guests get a native stack to match.
+pub const MAX_WASM_STACK: usize = 4 << 20;
+/// Native stack of the threads that run guests.
+pub const GUEST_THREAD_STACK: usize = MAX_WASM_STACK + (4 << 20);
+
 /// The engine settings every module is compiled and run with. The compile
 /// cache key covers them, so changing one recompiles.
-fn engine_config() -> Config {
+fn engine_config(pool: Option<&PoolSize>) -> Config {
     let mut config = Config::new();
     config.consume_fuel(true);
     config.epoch_interruption(true);
     config.cranelift_opt_level(OptLevel::Speed);
     config.parallel_compilation(true);
+    config.max_wasm_stack(MAX_WASM_STACK);
+    // Only checked against max_wasm_stack: guests run synchronously.
+    config.async_stack_size(MAX_WASM_STACK + (1 << 20));
+    // Linear memories start as copy-on-write mappings of the module's
+    // initial image (for the 3.14 image, the whole snapshotted heap), so an
+    // instance costs page faults for what it touches, not a copy.
+    config.memory_init_cow(true);
+    if let Some(size) = pool {
+        let mut pooling = PoolingAllocationConfig::default();
+        pooling
+            .total_component_instances(size.instances)
+            .total_core_instances(size.instances * size.core_per_instance)
+            .total_memories(size.instances * 2)
+            .total_tables(size.instances * size.core_per_instance)
+            .max_memories_per_component(4)
+            .max_tables_per_component(size.core_per_instance)
+            .max_core_instances_per_component(size.core_per_instance)
+            .max_memory_size(4 << 30)
+            .table_elements(1 << 16)
+            .max_component_instance_size(1 << 20)
+            .max_core_instance_size(1 << 20)
+            // Pages a finished instance leaves mapped and zeroed instead of
+            // returning to the kernel: the next instance faults fewer in.
+            .linear_memory_keep_resident(size.keep_resident)
+            .table_keep_resident(size.keep_resident);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+    }
     config
 }
 
+/// How many instances the pooling allocator reserves room for.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSize {
+    pub instances: u32,
+    pub core_per_instance: u32,
+    pub keep_resident: usize,
+}
+
+impl PoolSize {
+    pub fn for_concurrency(max_concurrent: usize) -> PoolSize {
+        PoolSize {
+            // Every running exec holds one instance; a few spare for the
+            // moment between one ending and the next starting.
+            instances: (max_concurrent as u32).saturating_add(4),
+            core_per_instance: 32,
+            keep_resident: 2 << 20,
+        }
+    }
+}
+
 impl WasmEngine {
-    /// Fetches (if needed), compiles or loads from cache, and links every
-    /// runtime of the catalogue.
-    pub async fn load(catalog: &Catalog, image_dir: &Path, offline: bool) -> anyhow::Result<WasmEngine> {
-        let engine = Engine::new(&engine_config()).map_err(anyhow::Error::from)?;
+    /// Fetches or builds (if needed), compiles or loads from cache, and
+    /// links every runtime of the catalogue.
+    pub async fn load(
+        catalog: &Catalog,
+        image_dir: &Path,
+        offline: bool,
+        pool: PoolSize,
+    ) -> anyhow::Result<WasmEngine> {
+        let (engine, pooling) = match Engine::new(&engine_config(Some(&pool))) {
+            Ok(engine) => (engine, true),
+            Err(e) => {
+                tracing::warn!(
+                    "the pooling allocator is unavailable ({e:#}); instances are allocated on demand, which is slower"
+                );
+                (Engine::new(&engine_config(None)).map_err(anyhow::Error::from)?, false)
+            }
+        };
         let mut linker: Linker<GuestState> = Linker::new(&engine);
         add_to_linker(&mut linker).map_err(anyhow::Error::from)?;
-        let mut modules: HashMap<String, Module> = HashMap::new();
-        let mut runtimes = HashMap::new();
+        let mut component_linker: ComponentLinker<ComponentState> = ComponentLinker::new(&engine);
+        component::add_to_linker(&mut component_linker).map_err(anyhow::Error::from)?;
+
+        // Each image once, even when several runtimes use it.
+        let mut programs: HashMap<String, Result<Loaded, String>> = HashMap::new();
         for def in catalog.runtimes() {
             let manifest = catalog.image(&def.wasm_image).expect("catalogue validated");
-            if !modules.contains_key(&manifest.name) {
-                let wasm = fetch::ensure_image(manifest, image_dir, offline).await?;
-                let engine = engine.clone();
-                let sha = manifest.wasm_sha256.clone();
-                let cache_dir = image_dir.join("cache");
-                let module =
-                    tokio::task::spawn_blocking(move || load_module(&engine, &wasm, &sha, &cache_dir)).await??;
-                modules.insert(manifest.name.clone(), module);
+            if programs.contains_key(&manifest.name) {
+                continue;
             }
-            let module = &modules[&manifest.name];
-            let pre = linker
-                .instantiate_pre(module)
-                .map_err(anyhow::Error::from)
-                .with_context(|| format!("cannot link runtime {}", def.name))?;
-            let support_dir = write_support_files(def, image_dir)?;
-            runtimes.insert(
-                def.name.clone(),
-                Arc::new(LoadedRuntime {
-                    def: def.clone(),
-                    pre,
-                    support_dir,
-                }),
-            );
+            let loaded = load_program(&engine, &linker, &component_linker, manifest, image_dir, offline).await;
+            let loaded = match loaded {
+                Ok(loaded) => Ok(loaded),
+                // A runtime with a fallback still serves; one without fails
+                // the start.
+                Err(e) if def.fallback.is_some() => Err(format!("{e:#}")),
+                Err(e) => return Err(e.context(format!("cannot load runtime {}", def.name))),
+            };
+            programs.insert(manifest.name.clone(), loaded);
+        }
+        let mut runtimes = HashMap::new();
+        for runtime in catalog.runtimes() {
+            let (def, (program, mut mounts)) = match &programs[&runtime.wasm_image] {
+                Ok(loaded) => (runtime.clone(), loaded.clone()),
+                Err(reason) => {
+                    let fallback = catalog
+                        .runtimes()
+                        .iter()
+                        .find(|r| Some(&r.name) == runtime.fallback.as_ref())
+                        .expect("catalogue validated");
+                    tracing::warn!(
+                        "image {} is unavailable, so runtime {} (images {}) runs {} instead: {reason}",
+                        runtime.wasm_image,
+                        runtime.name,
+                        runtime.images.join(", "),
+                        fallback.wasm_image,
+                    );
+                    let loaded = programs[&fallback.wasm_image]
+                        .clone()
+                        .expect("fallbacks have fetched images");
+                    (fallback.clone(), loaded)
+                }
+            };
+            if let Some(dir) = write_support_files(&def, image_dir)? {
+                mounts.push((dir, def.support_guest_dir()));
+            }
+            runtimes.insert(runtime.name.clone(), Arc::new(LoadedRuntime { def, program, mounts }));
         }
         let ticker = EpochTicker::start(engine.clone());
         Ok(WasmEngine {
             runtimes,
+            pooling,
             _ticker: ticker,
         })
     }
 }
 
-/// Loads a module from the compile cache, or compiles it and fills the cache.
-/// A cache file whose checksum does not match is ignored and rewritten.
-fn load_module(engine: &Engine, wasm: &Path, wasm_sha: &str, cache_dir: &Path) -> anyhow::Result<Module> {
+/// A linked program and the read-only directories its image mounts.
+type Loaded = (Program, Vec<(PathBuf, String)>);
+
+/// Loads one image: a fetched module, or a built component with its mounts.
+async fn load_program(
+    engine: &Engine,
+    linker: &Linker<GuestState>,
+    component_linker: &ComponentLinker<ComponentState>,
+    manifest: &crate::runtime::ImageManifest,
+    image_dir: &Path,
+    offline: bool,
+) -> anyhow::Result<Loaded> {
+    let cache_dir = image_dir.join("cache");
+    let (wasm, sha, mounts) = match &manifest.build {
+        None => {
+            let wasm = fetch::ensure_image(manifest, image_dir, offline).await?;
+            (wasm, manifest.wasm_sha256.clone(), vec![])
+        }
+        Some(_) => {
+            let built = recipe::ensure_built(manifest, image_dir, offline).await?;
+            let mounts = manifest
+                .mounts
+                .iter()
+                .map(|(guest, rel)| (built.dir.join(rel), guest.clone()))
+                .collect();
+            (built.wasm, built.wasm_sha256, mounts)
+        }
+    };
+    let engine = engine.clone();
+    let program = match manifest.kind {
+        ImageKind::Module => {
+            let module = tokio::task::spawn_blocking(move || {
+                load_cached(
+                    &engine,
+                    &wasm,
+                    &sha,
+                    &cache_dir,
+                    |e, p| Module::from_file(e, p),
+                    |e, p| {
+                        // SAFETY: see `load_cached`.
+                        unsafe { Module::deserialize_file(e, p) }
+                    },
+                )
+            })
+            .await??;
+            Program::Module(
+                linker
+                    .instantiate_pre(&module)
+                    .map_err(anyhow::Error::from)
+                    .with_context(|| format!("cannot link image {}", manifest.name))?,
+            )
+        }
+        ImageKind::Component => {
+            let component = tokio::task::spawn_blocking(move || {
+                load_cached(
+                    &engine,
+                    &wasm,
+                    &sha,
+                    &cache_dir,
+                    |e, p| Component::from_file(e, p),
+                    |e, p| {
+                        // SAFETY: see `load_cached`.
+                        unsafe { Component::deserialize_file(e, p) }
+                    },
+                )
+            })
+            .await??;
+            let pre = component_linker
+                .instantiate_pre(&component)
+                .and_then(CommandPre::new)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("cannot link image {}", manifest.name))?;
+            Program::Component(pre)
+        }
+    };
+    Ok((program, mounts))
+}
+
+/// Loads a compiled module or component from the compile cache, or
+/// compiles it and fills the cache. A cache file whose checksum does not
+/// match is ignored and rewritten.
+fn load_cached<T: Serialize>(
+    engine: &Engine,
+    wasm: &Path,
+    wasm_sha: &str,
+    cache_dir: &Path,
+    compile: fn(&Engine, &Path) -> wasmtime::Result<T>,
+    // Only ever called on a file written by `T::serialize` of an engine
+    // with the same compatibility hash (it is in the file name), whose
+    // checksum matches what we recorded then.
+    deserialize: fn(&Engine, &Path) -> wasmtime::Result<T>,
+) -> anyhow::Result<T> {
     let mut hasher = std::hash::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut hasher);
     let key = hex::encode(&Sha256::digest(format!("{wasm_sha}:{:x}", hasher.finish()))[..12]);
@@ -100,32 +292,44 @@ fn load_module(engine: &Engine, wasm: &Path, wasm_sha: &str, cache_dir: &Path) -
     if let (Ok(expected), true) = (std::fs::read_to_string(&checksum), cwasm.exists()) {
         let started = Instant::now();
         match sha256_file(&cwasm) {
-            Ok(actual) if actual == expected.trim() => {
-                // SAFETY: the file was written by `Module::serialize` of an
-                // engine with the same compatibility hash (it is in the file
-                // name), and its checksum matches what we recorded then.
-                match unsafe { Module::deserialize_file(engine, &cwasm) } {
-                    Ok(module) => {
-                        tracing::info!(module = %stem, elapsed = ?started.elapsed(), "loaded compiled module from cache");
-                        return Ok(module);
-                    }
-                    Err(e) => tracing::warn!(module = %stem, "compile cache entry unusable, recompiling: {e:#}"),
+            Ok(actual) if actual == expected.trim() => match deserialize(engine, &cwasm) {
+                Ok(program) => {
+                    tracing::info!(program = %stem, elapsed = ?started.elapsed(), "loaded compiled program from cache");
+                    return Ok(program);
                 }
-            }
-            _ => tracing::warn!(module = %stem, "compile cache entry is corrupt, recompiling"),
+                Err(e) => tracing::warn!(program = %stem, "compile cache entry unusable, recompiling: {e:#}"),
+            },
+            _ => tracing::warn!(program = %stem, "compile cache entry is corrupt, recompiling"),
         }
     }
-    tracing::info!(module = %stem, "compiling (this takes a few seconds, once)");
+    tracing::info!(program = %stem, "compiling (this takes a few seconds, once)");
     let started = Instant::now();
-    let module = Module::from_file(engine, wasm)
+    let program = compile(engine, wasm)
         .map_err(anyhow::Error::from)
         .with_context(|| format!("cannot compile {}", wasm.display()))?;
-    tracing::info!(module = %stem, elapsed = ?started.elapsed(), "compiled");
-    let bytes = module.serialize()?;
+    tracing::info!(program = %stem, elapsed = ?started.elapsed(), "compiled");
+    let bytes = program.serialize()?;
     std::fs::create_dir_all(cache_dir)?;
     write_atomically(&cwasm, &bytes)?;
     write_atomically(&checksum, hex::encode(Sha256::digest(&bytes)).as_bytes())?;
-    Ok(module)
+    Ok(program)
+}
+
+/// What the compile cache needs of a module or component.
+trait Serialize {
+    fn serialize(&self) -> wasmtime::Result<Vec<u8>>;
+}
+
+impl Serialize for Module {
+    fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
+        Module::serialize(self)
+    }
+}
+
+impl Serialize for Component {
+    fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
+        Component::serialize(self)
+    }
 }
 
 /// Materialises a runtime's support files in a directory the guest will see

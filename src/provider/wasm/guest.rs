@@ -15,7 +15,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
-use wasmtime::{AsContextMut, Caller, Extern, Linker, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime::{
+    AsContextMut, Caller, Extern, InstancePre, Linker, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline,
+};
 use wasmtime_wasi::cli::AsyncStdinStream;
 use wasmtime_wasi::p1::wasi_snapshot_preview1::{self as wasi1, WasiSnapshotPreview1};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
@@ -23,7 +25,8 @@ use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 use wiggle::GuestMemory;
 
-use super::engine::LoadedRuntime;
+use super::component;
+use super::engine::{LoadedRuntime, Program};
 use super::pipe::CapturePipe;
 use crate::provider::{ExecOutput, OutputChunk, ProviderError, StreamKind};
 
@@ -35,10 +38,29 @@ pub struct GuestState {
     wasi: WasiP1Ctx,
     limits: StoreLimits,
     quota: Quota,
+    stop: StopCheck,
+}
+
+/// When a running guest must stop early, whichever kind of program it is.
+#[derive(Clone)]
+pub struct StopCheck {
     /// When the exec must end; also bounds sleeps inside host calls.
-    deadline: Instant,
+    pub deadline: Instant,
     /// The live output channel, whose closing means the client left.
-    output: Option<UnboundedSender<OutputChunk>>,
+    pub output: Option<UnboundedSender<OutputChunk>>,
+}
+
+impl StopCheck {
+    /// Why the guest must stop now, if it must.
+    pub fn must_stop(&self) -> Option<wasmtime::Error> {
+        if Instant::now() >= self.deadline {
+            Some(wasmtime::Error::new(DeadlineReached))
+        } else if self.output.as_ref().is_some_and(|tx| tx.is_closed()) {
+            Some(wasmtime::Error::new(ClientGone))
+        } else {
+            None
+        }
+    }
 }
 
 struct Quota {
@@ -56,17 +78,6 @@ struct DeadlineReached;
 #[derive(Debug, thiserror::Error)]
 #[error("the client disconnected")]
 struct ClientGone;
-
-/// Why a running guest must stop now, if it must.
-fn must_stop(state: &GuestState) -> Option<wasmtime::Error> {
-    if Instant::now() >= state.deadline {
-        Some(wasmtime::Error::new(DeadlineReached))
-    } else if state.output.as_ref().is_some_and(|tx| tx.is_closed()) {
-        Some(wasmtime::Error::new(ClientGone))
-    } else {
-        None
-    }
-}
 
 /// Registers WASI preview1, then shadows the functions that grow files.
 pub fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
@@ -248,14 +259,14 @@ fn sleep_only(
     };
     loop {
         let now = Instant::now();
-        let state = caller.data();
-        if let Some(stop) = must_stop(state) {
+        let stop = &caller.data().stop;
+        if let Some(stop) = stop.must_stop() {
             return Err(stop);
         }
         if now >= earliest {
             break;
         }
-        std::thread::sleep(SLEEP_SLICE.min(earliest - now).min(state.deadline - now));
+        std::thread::sleep(SLEEP_SLICE.min(earliest - now).min(stop.deadline - now));
     }
     let now = Instant::now();
     let fired: Vec<u64> = wakes.iter().filter(|(_, at)| *at <= now).map(|(u, _)| *u).collect();
@@ -329,13 +340,25 @@ pub struct GuestJob {
 
 /// Runs one guest to completion on the current (blocking) thread.
 pub fn run(runtime: &LoadedRuntime, job: GuestJob) -> Result<ExecOutput, ProviderError> {
-    let started = Instant::now();
-    let stdout = CapturePipe::new(job.output_limit).tee(job.output.clone(), StreamKind::Stdout);
-    let stderr = CapturePipe::new(job.output_limit).tee(job.output.clone(), StreamKind::Stderr);
+    match &runtime.program {
+        Program::Module(pre) => run_module(runtime, pre, job),
+        Program::Component(pre) => component::run(runtime, pre, job),
+    }
+}
+
+/// The WASI context every guest gets: arguments, environment, stdio wired to
+/// `stdout`/`stderr`, the sandbox directory as `/` and the runtime's
+/// read-only mounts.
+pub fn wasi_builder(
+    runtime: &LoadedRuntime,
+    job: &mut GuestJob,
+    stdout: &CapturePipe,
+    stderr: &CapturePipe,
+) -> Result<WasiCtxBuilder, ProviderError> {
     let mut builder = WasiCtxBuilder::new();
-    match job.stdin_stream {
+    match job.stdin_stream.take() {
         Some(stream) => builder.stdin(AsyncStdinStream::new(stream)),
-        None => builder.stdin(MemoryInputPipe::new(job.stdin)),
+        None => builder.stdin(MemoryInputPipe::new(std::mem::take(&mut job.stdin))),
     };
     builder
         .args(&job.argv)
@@ -345,13 +368,23 @@ pub fn run(runtime: &LoadedRuntime, job: GuestJob) -> Result<ExecOutput, Provide
         .allow_blocking_current_thread(true)
         .preopened_dir(&job.sandbox_dir, "/", FsPerms::ReadWrite)
         .map_err(|e| ProviderError::Internal(anyhow::Error::from(e).context("cannot preopen the sandbox directory")))?;
-    if let Some(dir) = &runtime.support_dir {
+    for (host, guest) in &runtime.mounts {
         builder
-            .preopened_dir(dir, runtime.def.support_guest_dir(), FsPerms::ReadOnly)
-            .map_err(|e| {
-                ProviderError::Internal(anyhow::Error::from(e).context("cannot preopen the runtime support directory"))
-            })?;
+            .preopened_dir(host, guest, FsPerms::ReadOnly)
+            .map_err(|e| ProviderError::Internal(anyhow::Error::from(e).context(format!("cannot preopen {guest}"))))?;
     }
+    Ok(builder)
+}
+
+fn run_module(
+    runtime: &LoadedRuntime,
+    pre: &InstancePre<GuestState>,
+    mut job: GuestJob,
+) -> Result<ExecOutput, ProviderError> {
+    let started = Instant::now();
+    let stdout = CapturePipe::new(job.output_limit).tee(job.output.clone(), StreamKind::Stdout);
+    let stderr = CapturePipe::new(job.output_limit).tee(job.output.clone(), StreamKind::Stderr);
+    let mut builder = wasi_builder(runtime, &mut job, &stdout, &stderr)?;
     let state = GuestState {
         wasi: builder.build_p1(),
         limits: StoreLimitsBuilder::new()
@@ -362,25 +395,38 @@ pub fn run(runtime: &LoadedRuntime, job: GuestJob) -> Result<ExecOutput, Provide
             remaining: job.disk_remaining,
             stdio_replaced: false,
         },
-        deadline: started + job.timeout,
-        output: job.output.clone(),
+        stop: StopCheck {
+            deadline: started + job.timeout,
+            output: job.output.clone(),
+        },
     };
-    let mut store = Store::new(runtime.pre.module().engine(), state);
+    let mut store = Store::new(pre.module().engine(), state);
     store.limiter(|s| &mut s.limits);
     store
         .set_fuel(job.fuel)
         .map_err(|e| ProviderError::Internal(anyhow::Error::from(e).context("cannot set fuel")))?;
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|ctx| match must_stop(ctx.data()) {
+    store.epoch_deadline_callback(|ctx| match ctx.data().stop.must_stop() {
         Some(stop) => Err(stop),
         None => Ok(UpdateDeadline::Continue(1)),
     });
 
-    let result = runtime
-        .pre
+    let result = pre
         .instantiate(&mut store)
         .and_then(|instance| instance.get_typed_func::<(), ()>(&mut store, "_start"))
         .and_then(|start| start.call(&mut store, ()));
+    finish(result, &stdout, &stderr, started, &job)
+}
+
+/// Turns how a guest run ended into the exec's result: exit codes, limits
+/// (with the output so far) and crashes.
+pub fn finish(
+    result: wasmtime::Result<()>,
+    stdout: &CapturePipe,
+    stderr: &CapturePipe,
+    started: Instant,
+    job: &GuestJob,
+) -> Result<ExecOutput, ProviderError> {
     let (out, out_truncated) = stdout.take();
     let (err, err_truncated) = stderr.take();
     let mut output = ExecOutput {

@@ -2,6 +2,7 @@
 //! exec is a fresh wasmtime instance of an interpreter from the catalogue,
 //! whose whole world is that directory.
 
+mod component;
 mod engine;
 mod files;
 mod guest;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::Semaphore;
 
-use self::engine::{LoadedRuntime, WasmEngine};
+use self::engine::{GUEST_THREAD_STACK, LoadedRuntime, PoolSize, WasmEngine};
 use self::guest::GuestJob;
 use super::{
     Capabilities, ExecIo, ExecMode, ExecOutput, ExecSpec, FileEntry, OutputChunk, Provider, ProviderError,
@@ -46,7 +47,13 @@ pub struct WasmProvider {
 
 impl WasmProvider {
     pub async fn new(settings: &Settings, catalog: Catalog) -> anyhow::Result<WasmProvider> {
-        let engine = WasmEngine::load(&catalog, &settings.image_dir(), settings.wasm.offline).await?;
+        let pool = PoolSize::for_concurrency(settings.exec.max_concurrent);
+        let engine = WasmEngine::load(&catalog, &settings.image_dir(), settings.wasm.offline, pool).await?;
+        tracing::info!(
+            pooling = engine.pooling,
+            runtimes = engine.runtimes.len(),
+            "wasm engine ready"
+        );
         let sandboxes_dir = settings.data_dir.join("sandboxes");
         std::fs::create_dir_all(&sandboxes_dir)?;
         Ok(WasmProvider {
@@ -80,14 +87,21 @@ impl WasmProvider {
         .map_err(|e| ProviderError::Internal(e.into()))?
     }
 
+    /// The runtime the sandbox's image selects.
+    fn home_runtime(&self, sandbox: &Sandbox) -> Option<String> {
+        self.catalog.runtime_for_image(&sandbox.image).map(|r| r.name.clone())
+    }
+
     /// The runtime and argv an argv-mode exec runs, or a 127 result for an
     /// unknown command.
-    fn plan(&self, spec: &ExecSpec) -> Result<Result<Plan, ExecOutput>, ProviderError> {
+    fn plan(&self, sandbox: &Sandbox, spec: &ExecSpec) -> Result<Result<Plan, ExecOutput>, ProviderError> {
         let program = &spec.command;
         if program.is_empty() {
             return Err(ProviderError::InvalidInput("command is empty".into()));
         }
-        let Some((runtime, mut guest_argv)) = self.runtime_for(program) else {
+        let home = self.home_runtime(sandbox);
+        let Some((runtime, mut guest_argv)) = resolve_runtime(&self.catalog, &self.engine, program, home.as_deref())
+        else {
             return Ok(Err(ExecOutput {
                 exit_code: 127,
                 stderr: format!("sh: {program}: command not found\n").into_bytes(),
@@ -96,12 +110,6 @@ impl WasmProvider {
         };
         guest_argv.extend(spec.args.iter().cloned());
         Ok(Ok((runtime, guest_argv)))
-    }
-
-    /// The runtime a command word runs and the guest argv before the
-    /// user's arguments: `argv0` and the runtime's prefix.
-    fn runtime_for(&self, command: &str) -> Option<(Arc<LoadedRuntime>, Vec<String>)> {
-        resolve_runtime(&self.catalog, &self.engine, command)
     }
 
     /// Checks that the exec's workdir is a directory in the sandbox.
@@ -140,7 +148,7 @@ impl WasmProvider {
         if script.trim().is_empty() {
             return Err(ProviderError::InvalidInput("command is empty".into()));
         }
-        let (catalog, engine) = (self.catalog.clone(), self.engine.clone());
+        let (catalog, engine, home) = (self.catalog.clone(), self.engine.clone(), self.home_runtime(sandbox));
         let job = shell::ShellJob {
             script,
             sandbox_dir: self.dir(sandbox),
@@ -155,7 +163,7 @@ impl WasmProvider {
             fuel: self.fuel,
             output_limit: self.output_limit,
             disk_quota: self.disk_quota,
-            resolve: Box::new(move |command| resolve_runtime(&catalog, &engine, command)),
+            resolve: Box::new(move |command| resolve_runtime(&catalog, &engine, command, home.as_deref())),
         };
         let _slot = self
             .slots
@@ -163,17 +171,44 @@ impl WasmProvider {
             .acquire_owned()
             .await
             .map_err(|e| ProviderError::Internal(e.into()))?;
-        tokio::task::spawn_blocking(move || {
+        on_guest_thread(move || {
             Self::check_workdir(&files::open_root(&job.sandbox_dir)?, &job.cwd)?;
             shell::run(job)
         })
         .await
-        .map_err(|e| ProviderError::Internal(e.into()))?
     }
 }
 
-fn resolve_runtime(catalog: &Catalog, engine: &WasmEngine, command: &str) -> Option<(Arc<LoadedRuntime>, Vec<String>)> {
-    let def = catalog.runtime_for_command(command)?;
+/// Runs `f`, which runs guests, on a thread of its own whose native stack is
+/// deep enough for the deepest wasm stack a guest may use (the threads of
+/// tokio's blocking pool are not), inside the current tokio runtime.
+async fn on_guest_thread<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ProviderError> + Send + 'static,
+) -> Result<T, ProviderError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let handle = tokio::runtime::Handle::current();
+    std::thread::Builder::new()
+        .name("stacyvm-guest".into())
+        .stack_size(GUEST_THREAD_STACK)
+        .spawn(move || {
+            let _runtime = handle.enter();
+            tx.send(f()).ok();
+        })
+        .map_err(|e| ProviderError::Internal(anyhow::Error::from(e).context("cannot start a guest thread")))?;
+    rx.await
+        .map_err(|_| ProviderError::Internal(anyhow::anyhow!("the guest thread panicked")))?
+}
+
+/// The runtime a command word runs (preferring the sandbox's own, `home`)
+/// and the guest argv before the user's arguments: `argv0` and the
+/// runtime's prefix.
+fn resolve_runtime(
+    catalog: &Catalog,
+    engine: &WasmEngine,
+    command: &str,
+    home: Option<&str>,
+) -> Option<(Arc<LoadedRuntime>, Vec<String>)> {
+    let def = catalog.runtime_for_command(command, home)?;
     let runtime = engine.runtimes.get(&def.name)?.clone();
     let mut argv = vec![def.argv0.clone()];
     argv.extend(def.argv_prefix.iter().cloned());
@@ -268,7 +303,7 @@ impl Provider for WasmProvider {
         if spec.mode == ExecMode::Shell {
             return self.exec_shell(sandbox, spec, io).await;
         }
-        let (runtime, argv) = match self.plan(&spec)? {
+        let (runtime, argv) = match self.plan(sandbox, &spec)? {
             Ok(plan) => plan,
             Err(not_found) => {
                 if let Some(tx) = &io.output {
@@ -291,7 +326,7 @@ impl Provider for WasmProvider {
             .acquire_owned()
             .await
             .map_err(|e| ProviderError::Internal(e.into()))?;
-        tokio::task::spawn_blocking(move || {
+        on_guest_thread(move || {
             let root = files::open_root(&dir)?;
             Self::check_workdir(&root, &workdir)?;
             let mut env = Self::base_env(&spec);
@@ -317,7 +352,6 @@ impl Provider for WasmProvider {
             guest::run(&runtime, job)
         })
         .await
-        .map_err(|e| ProviderError::Internal(e.into()))?
     }
 
     async fn write_file(

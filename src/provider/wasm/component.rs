@@ -1,0 +1,292 @@
+//! Guests that are WASI 0.2 components (`wasi:cli/command`), such as the
+//! pre-initialized CPython image: a fresh `Store` and instance per run, with
+//! the same limits as preview1 modules.
+//!
+//! The preview1 shadows in `guest.rs` do not apply here, so this module has
+//! its own:
+//! - Disk quota: the file streams `write-via-stream` and `append-via-stream`
+//!   hand out are wrapped in [`QuotaStream`], which charges every byte before
+//!   writing it and fails with ENOSPC when it would not fit; `descriptor.write`
+//!   and `descriptor.set-size` are charged before the real call. As for
+//!   preview1 modules, every write is charged in full, so the quota is never
+//!   overshot.
+//! - Sleeps: `poll` and `pollable.block` wait in slices, checking the exec
+//!   deadline and the client, because epoch interruption cannot reach a guest
+//!   blocked in a host call.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use wasmtime::component::{Linker, Resource, ResourceTable};
+use wasmtime::{Store, StoreContextMut, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime_wasi::filesystem::WasiFilesystemView;
+use wasmtime_wasi::p2::bindings::sync::CommandPre;
+use wasmtime_wasi::p2::bindings::sync::filesystem::types::{self as fs, HostDescriptor};
+use wasmtime_wasi::p2::{DynOutputStream, DynPollable, OutputStream, Pollable, StreamError, StreamResult};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_io::bindings::wasi::io::poll::{Host as _, HostPollable as _};
+
+use super::engine::LoadedRuntime;
+use super::guest::{GuestJob, StopCheck, finish, wasi_builder};
+use super::pipe::CapturePipe;
+use crate::provider::{ExecOutput, ProviderError, StreamKind};
+
+/// The WASI version of the interfaces the shadows replace.
+const FILESYSTEM: &str = "wasi:filesystem/types@0.2.12";
+const POLL: &str = "wasi:io/poll@0.2.12";
+/// The longest a blocked guest goes without its deadline being checked.
+const WAIT_SLICE: Duration = Duration::from_millis(10);
+/// `ENOSPC` on every host stacyvm runs on.
+const ENOSPC: i32 = 28;
+
+pub struct ComponentState {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    /// Bytes the guest may still add to the sandbox's files; shared with the
+    /// file streams it opened.
+    quota: Arc<AtomicU64>,
+    stop: StopCheck,
+}
+
+impl WasiView for ComponentState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Registers WASI 0.2.12 (whose `exit-with-code` lets exit statuses through),
+/// then the quota and sleep shadows.
+pub fn add_to_linker(linker: &mut Linker<ComponentState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    linker.allow_shadowing(true);
+
+    let mut fs_types = linker.instance(FILESYSTEM)?;
+    fs_types.func_wrap(
+        "[method]descriptor.write-via-stream",
+        |mut store: StoreContextMut<'_, ComponentState>, (fd, offset): (Resource<fs::Descriptor>, u64)| {
+            let state = store.data_mut();
+            let stream = state.filesystem().write_via_stream(fd, offset);
+            Ok((wrap_stream(state, stream)?,))
+        },
+    )?;
+    fs_types.func_wrap(
+        "[method]descriptor.append-via-stream",
+        |mut store: StoreContextMut<'_, ComponentState>, (fd,): (Resource<fs::Descriptor>,)| {
+            let state = store.data_mut();
+            let stream = state.filesystem().append_via_stream(fd);
+            Ok((wrap_stream(state, stream)?,))
+        },
+    )?;
+    fs_types.func_wrap(
+        "[method]descriptor.write",
+        |mut store: StoreContextMut<'_, ComponentState>,
+         (fd, buffer, offset): (Resource<fs::Descriptor>, Vec<u8>, u64)| {
+            let state = store.data_mut();
+            if !charge(&state.quota, buffer.len() as u64) {
+                return Ok((Err(fs::ErrorCode::InsufficientSpace),));
+            }
+            Ok((fs_result(state.filesystem().write(fd, buffer, offset))?,))
+        },
+    )?;
+    fs_types.func_wrap(
+        "[method]descriptor.set-size",
+        |mut store: StoreContextMut<'_, ComponentState>, (fd, size): (Resource<fs::Descriptor>, u64)| {
+            let state = store.data_mut();
+            // Growing a file by truncate is charged its full new size.
+            if !charge(&state.quota, size) {
+                return Ok((Err(fs::ErrorCode::InsufficientSpace),));
+            }
+            Ok((fs_result(state.filesystem().set_size(fd, size))?,))
+        },
+    )?;
+
+    let mut poll = linker.instance(POLL)?;
+    poll.func_wrap(
+        "poll",
+        |mut store: StoreContextMut<'_, ComponentState>, (pollables,): (Vec<Resource<DynPollable>>,)| {
+            let reps: Vec<u32> = pollables.iter().map(|p| p.rep()).collect();
+            let ready = wait(store.data_mut(), |table| {
+                let list = reps.iter().map(|&rep| Resource::new_borrow(rep)).collect();
+                Box::pin(async move { table.poll(list).await })
+            })?;
+            Ok((ready,))
+        },
+    )?;
+    poll.func_wrap(
+        "[method]pollable.block",
+        |mut store: StoreContextMut<'_, ComponentState>, (pollable,): (Resource<DynPollable>,)| {
+            let rep = pollable.rep();
+            wait(store.data_mut(), |table| {
+                Box::pin(async move { table.block(Resource::new_borrow(rep)).await })
+            })?;
+            Ok(())
+        },
+    )?;
+    Ok(())
+}
+
+type WaitFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = wasmtime::Result<T>> + Send + 'a>>;
+
+/// Runs a blocking WASI wait in slices, so that the exec deadline and a
+/// departed client still stop the guest while it waits.
+fn wait<T>(
+    state: &mut ComponentState,
+    mut start: impl for<'a> FnMut(&'a mut ResourceTable) -> WaitFuture<'a, T>,
+) -> wasmtime::Result<T> {
+    loop {
+        if let Some(stop) = state.stop.must_stop() {
+            return Err(stop);
+        }
+        let slice = WAIT_SLICE.min(state.stop.deadline.saturating_duration_since(Instant::now()));
+        let attempt = wasmtime_wasi::runtime::in_tokio(tokio::time::timeout(slice, start(&mut state.table)));
+        if let Ok(done) = attempt {
+            return done;
+        }
+    }
+}
+
+/// Converts a filesystem result the way the generated bindings do: an error
+/// code goes to the guest, anything else traps.
+fn fs_result<T>(result: wasmtime_wasi::p2::FsResult<T>) -> wasmtime::Result<Result<T, fs::ErrorCode>> {
+    match result {
+        Ok(value) => Ok(Ok(value)),
+        Err(e) => Ok(Err(e.downcast()?.into())),
+    }
+}
+
+/// Replaces a new file stream in the table with one that charges the quota.
+fn wrap_stream(
+    state: &mut ComponentState,
+    stream: wasmtime_wasi::p2::FsResult<Resource<DynOutputStream>>,
+) -> wasmtime::Result<Result<Resource<DynOutputStream>, fs::ErrorCode>> {
+    let stream = match fs_result(stream)? {
+        Ok(stream) => stream,
+        Err(code) => return Ok(Err(code)),
+    };
+    let slot = state.table.get_mut(&stream)?;
+    let inner = std::mem::replace(slot, Box::new(ClosedStream));
+    *slot = Box::new(QuotaStream {
+        inner,
+        quota: state.quota.clone(),
+    });
+    Ok(Ok(stream))
+}
+
+/// Takes `bytes` from the quota; false (and nothing taken) if they do not fit.
+fn charge(quota: &AtomicU64, bytes: u64) -> bool {
+    quota
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(bytes))
+        .is_ok()
+}
+
+/// A file's output stream that charges the sandbox's disk quota.
+struct QuotaStream {
+    inner: DynOutputStream,
+    quota: Arc<AtomicU64>,
+}
+
+#[async_trait::async_trait]
+impl Pollable for QuotaStream {
+    async fn ready(&mut self) {
+        self.inner.ready().await
+    }
+}
+
+#[async_trait::async_trait]
+impl OutputStream for QuotaStream {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        if !charge(&self.quota, bytes.len() as u64) {
+            return Err(StreamError::LastOperationFailed(wasmtime::Error::new(
+                std::io::Error::from_raw_os_error(ENOSPC),
+            )));
+        }
+        self.inner.write(bytes)
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        self.inner.flush()
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        self.inner.check_write()
+    }
+
+    async fn cancel(&mut self) {
+        self.inner.cancel().await
+    }
+}
+
+/// Stands in for a stream for the instant it is being wrapped.
+struct ClosedStream;
+
+#[async_trait::async_trait]
+impl Pollable for ClosedStream {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for ClosedStream {
+    fn write(&mut self, _: Bytes) -> StreamResult<()> {
+        Err(StreamError::Closed)
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Err(StreamError::Closed)
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Err(StreamError::Closed)
+    }
+}
+
+/// Runs one component guest to completion on the current (blocking) thread.
+pub fn run(
+    runtime: &LoadedRuntime,
+    pre: &CommandPre<ComponentState>,
+    mut job: GuestJob,
+) -> Result<ExecOutput, ProviderError> {
+    let started = Instant::now();
+    let stdout = CapturePipe::new(job.output_limit).tee(job.output.clone(), StreamKind::Stdout);
+    let stderr = CapturePipe::new(job.output_limit).tee(job.output.clone(), StreamKind::Stderr);
+    let mut builder = wasi_builder(runtime, &mut job, &stdout, &stderr)?;
+    let state = ComponentState {
+        ctx: builder.build(),
+        table: ResourceTable::new(),
+        limits: StoreLimitsBuilder::new().memory_size(job.memory_bytes).build(),
+        quota: Arc::new(AtomicU64::new(job.disk_remaining)),
+        stop: StopCheck {
+            deadline: started + job.timeout,
+            output: job.output.clone(),
+        },
+    };
+    let mut store = Store::new(pre.engine(), state);
+    store.limiter(|s| &mut s.limits);
+    store
+        .set_fuel(job.fuel)
+        .map_err(|e| ProviderError::Internal(anyhow::Error::from(e).context("cannot set fuel")))?;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|ctx| match ctx.data().stop.must_stop() {
+        Some(stop) => Err(stop),
+        None => Ok(UpdateDeadline::Continue(1)),
+    });
+    let mut failed = false;
+    let t0 = Instant::now();
+    let command = pre.instantiate(&mut store);
+    let t1 = Instant::now();
+    let result = command
+        .and_then(|command| command.wasi_cli_run().call_run(&mut store))
+        .map(|status| failed = status.is_err());
+    let t2 = Instant::now();
+    drop(store);
+    tracing::debug!(instantiate = ?(t1 - t0), run = ?(t2 - t1), drop = ?t2.elapsed(), "component timing");
+    let mut output = finish(result, &stdout, &stderr, started, &job)?;
+    if failed && output.exit_code == 0 {
+        output.exit_code = 1;
+    }
+    Ok(output)
+}

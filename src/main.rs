@@ -1,4 +1,4 @@
-//! The `stacyvm` command: `serve` runs the server, `images pull` fetches the
+//! The `stacyvm` command: `serve` runs the server, `images pull` fetches, builds and compiles the
 //! wasm images ahead of time, `bench` measures a server.
 
 use std::net::SocketAddr;
@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use stacyvm::App;
-use stacyvm::runtime::{Catalog, fetch};
+use stacyvm::runtime::Catalog;
 use stacyvm::settings::{Overrides, Settings};
 
 #[derive(Parser)]
@@ -51,7 +51,7 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ImagesCommand {
-    /// Fetch and verify every image listed in wasm-images/.
+    /// Fetch, build and compile every wasm image, failing rather than falling back.
     Pull {
         #[command(flatten)]
         common: Common,
@@ -88,11 +88,12 @@ async fn main() -> anyhow::Result<()> {
                 Some(dir) => Catalog::from_dir(dir)?,
                 None => Catalog::built_in()?,
             };
-            let dir = settings.image_dir();
-            for manifest in catalog.images() {
-                let path = fetch::ensure_image(manifest, &dir, false).await?;
-                println!("{} {} ({})", manifest.name, path.display(), manifest.license);
+            // Fetch, build and compile exactly as the server would, but
+            // fail instead of falling back.
+            for line in stacyvm::provider::wasm::prepare_images(&settings, &catalog).await? {
+                println!("{line}");
             }
+            println!("images ready in {}", settings.image_dir().display());
             Ok(())
         }
         Command::Bench(options) => stacyvm::bench::run(options).await,

@@ -138,6 +138,9 @@ pub struct WasmSettings {
     pub catalog_dir: Option<PathBuf>,
     /// Never download images; fail if one is missing.
     pub offline: bool,
+    /// The Python that builds images from recipes (CPython 3.14); defaults
+    /// to `python3` on the PATH.
+    pub build_python: Option<String>,
 }
 
 /// How the docker provider reaches the daemon and shapes containers.
@@ -366,6 +369,9 @@ impl Settings {
         }
         if let Some(v) = get("STACYVM_IMAGE_DIR") {
             self.wasm.image_dir = Some(v.into());
+        }
+        if let Some(v) = get("STACYVM_BUILD_PYTHON") {
+            self.wasm.build_python = Some(v);
         }
         if let Some(v) = get("STACYVM_CATALOG_DIR") {
             self.wasm.catalog_dir = Some(v.into());

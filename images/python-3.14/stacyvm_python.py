@@ -122,6 +122,15 @@ os.environ.clear()
 sys.path[:] = [STDLIB]
 
 
+def _exit(status):
+    """os._exit: wasi-libc's own ends every failure as status 1, so report
+    the exact status to the host instead."""
+    wasi_exit.exit_with_code(operator.index(status) & 0xFF)
+
+
+os._exit = _exit
+
+
 class UsageError(Exception):
     """A bad command line: CPython prints the message and usage, exit 2."""
 
@@ -277,12 +286,37 @@ def setup(opts, env, cwd):
                 sys,
                 name,
                 io.TextIOWrapper(
-                    io.FileIO(stream.fileno(), "w", closefd=False),
+                    WholeWriter(stream.fileno()),
                     encoding=stream.encoding,
                     errors=stream.errors,
                     write_through=True,
                 ),
             )
+
+
+class WholeWriter(io.RawIOBase):
+    """The unbuffered binary layer of -u. A WASI write to stdout may be short
+    (4 KiB at a time), and TextIOWrapper does not retry short writes of its
+    raw stream, so this one writes everything it is given."""
+
+    def __init__(self, fd):
+        self._raw = io.FileIO(fd, "w", closefd=False)
+
+    def writable(self):
+        return True
+
+    def fileno(self):
+        return self._raw.fileno()
+
+    def isatty(self):
+        return False
+
+    def write(self, b):
+        view = memoryview(b).cast("B")
+        done = 0
+        while done < len(view):
+            done += self._raw.write(view[done:])
+        return done
 
 
 def main():

@@ -68,17 +68,14 @@ fn existing(dir: &Path, recipe_sha: &str) -> Option<BuiltImage> {
     })
 }
 
-/// The Python that runs build scripts: `STACYVM_BUILD_PYTHON`, else `python3`.
-fn build_python() -> String {
-    std::env::var("STACYVM_BUILD_PYTHON")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "python3".into())
-}
-
-/// The built image of `manifest` in `image_dir`, building it if it is
-/// missing or stale (never when `offline`).
-pub async fn ensure_built(manifest: &ImageManifest, image_dir: &Path, offline: bool) -> anyhow::Result<BuiltImage> {
+/// The built image of `manifest` in `image_dir`, building it with `python`
+/// (default `python3`) if it is missing or stale, but never when `offline`.
+pub async fn ensure_built(
+    manifest: &ImageManifest,
+    image_dir: &Path,
+    offline: bool,
+    python: Option<&str>,
+) -> anyhow::Result<BuiltImage> {
     let recipe = manifest.build.as_deref().context("the image has no build recipe")?;
     let recipe_sha = digest(recipe)?;
     let dir = image_dir.join(&manifest.name);
@@ -115,7 +112,7 @@ pub async fn ensure_built(manifest: &ImageManifest, image_dir: &Path, offline: b
         std::fs::create_dir_all(path.parent().unwrap())?;
         std::fs::write(&path, data).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    let python = build_python();
+    let python = python.filter(|p| !p.is_empty()).unwrap_or("python3");
     tracing::info!(image = %manifest.name, "building the image with {python} (once per recipe; about 15 s)");
     let started = Instant::now();
     let mut child = tokio::process::Command::new(&python)

@@ -7,6 +7,7 @@ mod exec;
 mod files;
 mod helpers;
 mod limits;
+mod python;
 mod quickjs;
 mod restart;
 mod sandboxes;

@@ -6,14 +6,14 @@ use crate::helpers::{TestApp, assert_error, assert_error_contains, send};
 async fn the_quickstart_creates_execs_and_deletes_idempotently() {
     let app = TestApp::spawn().await;
     let (status, sb) = send(app.post("/sandboxes").json(&json!({
-        "image": "python:3.12", "provider": "wasm", "metadata": {"purpose": "quickstart"}
+        "image": "python:3.14", "provider": "wasm", "metadata": {"purpose": "quickstart"}
     })))
     .await;
     assert_eq!(status, 201);
     let id = sb["id"].as_str().unwrap();
     assert_eq!(sb["state"], "running");
     assert_eq!(sb["provider"], "wasm");
-    assert_eq!(sb["image"], "python:3.12");
+    assert_eq!(sb["image"], "python:3.14");
     assert_eq!(sb["memory_mb"], 512);
     assert_eq!(sb["vcpus"], 1);
     assert_eq!(sb["metadata"], json!({"purpose": "quickstart"}));
@@ -50,7 +50,7 @@ async fn create_fills_defaults_and_expiry_from_the_ttl() {
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
     );
     assert_eq!(sb["provider"], "wasm");
-    assert_eq!(sb["image"], "python:3.12");
+    assert_eq!(sb["image"], "python:3.14");
     let created = humantime::parse_rfc3339(sb["created_at"].as_str().unwrap()).unwrap();
     let expires = humantime::parse_rfc3339(sb["expires_at"].as_str().unwrap()).unwrap();
     assert_eq!(expires.duration_since(created).unwrap().as_secs(), 5400);
@@ -91,7 +91,7 @@ async fn create_rejects_bad_input_with_the_documented_codes() {
         &create(json!({"provider": "wasm", "image": "ruby:3"})).await,
         400,
         "bad_request",
-        "unknown wasm image \"ruby:3\"; known images: python:3.12",
+        "unknown wasm image \"ruby:3\"; known images: python:3.14, python:3, python, python3, python:3.12, quickjs",
     );
     assert_error_contains(
         &create(json!({"memory_mb": "lots"})).await,
@@ -317,10 +317,11 @@ async fn health_ready_live_and_providers_are_real() {
     assert_eq!(
         wasm["images"],
         json!([
-            "python:3.12",
+            "python:3.14",
             "python:3",
             "python",
             "python3",
+            "python:3.12",
             "quickjs",
             "quickjs:0.11",
             "javascript",

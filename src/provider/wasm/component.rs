@@ -6,10 +6,11 @@
 //! its own:
 //! - Disk quota: the file streams `write-via-stream` and `append-via-stream`
 //!   hand out are wrapped in [`QuotaStream`], which charges every byte before
-//!   writing it and fails with ENOSPC when it would not fit; `descriptor.write`
-//!   and `descriptor.set-size` are charged before the real call. As for
-//!   preview1 modules, every write is charged in full, so the quota is never
-//!   overshot.
+//!   writing it and fails the write (with ENOSPC, which wasi-libc reports to
+//!   the program as EIO, as it does every stream failure) when it would not
+//!   fit; `descriptor.write` and `descriptor.set-size` are charged before the
+//!   real call and fail with ENOSPC. As for preview1 modules, every write is
+//!   charged in full, so the quota is never overshot.
 //! - Sleeps: `poll` and `pollable.block` wait in slices, checking the exec
 //!   deadline and the client, because epoch interruption cannot reach a guest
 //!   blocked in a host call.
@@ -198,15 +199,33 @@ impl Pollable for QuotaStream {
     }
 }
 
+impl QuotaStream {
+    fn charge(&self, bytes: usize) -> StreamResult<()> {
+        if charge(&self.quota, bytes as u64) {
+            Ok(())
+        } else {
+            Err(StreamError::LastOperationFailed(wasmtime::Error::new(
+                std::io::Error::from_raw_os_error(ENOSPC),
+            )))
+        }
+    }
+}
+
+/// How much one write to a file may carry. wasmtime-wasi offers 64 KiB,
+/// which makes a single `os.write` of more than that short; CPython's own
+/// `.pyc` writer does not retry short writes.
+const FILE_WRITE_PERMIT: usize = 4 << 20;
+
 #[async_trait::async_trait]
 impl OutputStream for QuotaStream {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        if !charge(&self.quota, bytes.len() as u64) {
-            return Err(StreamError::LastOperationFailed(wasmtime::Error::new(
-                std::io::Error::from_raw_os_error(ENOSPC),
-            )));
-        }
+        self.charge(bytes.len())?;
         self.inner.write(bytes)
+    }
+
+    async fn blocking_write_and_flush(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.charge(bytes.len())?;
+        self.inner.blocking_write_and_flush(bytes).await
     }
 
     fn flush(&mut self) -> StreamResult<()> {
@@ -214,7 +233,11 @@ impl OutputStream for QuotaStream {
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
-        self.inner.check_write()
+        // The file stream takes any length once it is ready (non-zero).
+        Ok(match self.inner.check_write()? {
+            0 => 0,
+            n => n.max(FILE_WRITE_PERMIT),
+        })
     }
 
     async fn cancel(&mut self) {

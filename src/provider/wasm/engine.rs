@@ -18,7 +18,7 @@ use wasmtime::{
 use wasmtime_wasi::p2::bindings::sync::CommandPre;
 
 use super::component::{self, ComponentState};
-use super::guest::{GuestState, add_to_linker};
+use super::guest::{GuestJob, GuestState, add_to_linker};
 use crate::runtime::fetch::{sha256_file, write_atomically};
 use crate::runtime::{Catalog, ImageKind, RuntimeDef, fetch, recipe};
 
@@ -114,16 +114,23 @@ impl PoolSize {
     }
 }
 
+/// Where images come from and how the engine is set up.
+pub struct LoadOptions {
+    pub image_dir: PathBuf,
+    pub offline: bool,
+    pub pool: PoolSize,
+    /// The Python that builds images from recipes.
+    pub build_python: Option<String>,
+    /// Fail instead of falling back when an image is unavailable.
+    pub strict: bool,
+}
+
 impl WasmEngine {
     /// Fetches or builds (if needed), compiles or loads from cache, and
     /// links every runtime of the catalogue.
-    pub async fn load(
-        catalog: &Catalog,
-        image_dir: &Path,
-        offline: bool,
-        pool: PoolSize,
-    ) -> anyhow::Result<WasmEngine> {
-        let (engine, pooling) = match Engine::new(&engine_config(Some(&pool))) {
+    pub async fn load(catalog: &Catalog, options: &LoadOptions) -> anyhow::Result<WasmEngine> {
+        let image_dir = options.image_dir.as_path();
+        let (engine, pooling) = match Engine::new(&engine_config(Some(&options.pool))) {
             Ok(engine) => (engine, true),
             Err(e) => {
                 tracing::warn!(
@@ -144,12 +151,12 @@ impl WasmEngine {
             if programs.contains_key(&manifest.name) {
                 continue;
             }
-            let loaded = load_program(&engine, &linker, &component_linker, manifest, image_dir, offline).await;
+            let loaded = load_program(&engine, &linker, &component_linker, manifest, options).await;
             let loaded = match loaded {
                 Ok(loaded) => Ok(loaded),
                 // A runtime with a fallback still serves; one without fails
                 // the start.
-                Err(e) if def.fallback.is_some() => Err(format!("{e:#}")),
+                Err(e) if def.fallback.is_some() && !options.strict => Err(format!("{e:#}")),
                 Err(e) => return Err(e.context(format!("cannot load runtime {}", def.name))),
             };
             programs.insert(manifest.name.clone(), loaded);
@@ -200,22 +207,25 @@ async fn load_program(
     linker: &Linker<GuestState>,
     component_linker: &ComponentLinker<ComponentState>,
     manifest: &crate::runtime::ImageManifest,
-    image_dir: &Path,
-    offline: bool,
+    options: &LoadOptions,
 ) -> anyhow::Result<Loaded> {
+    let image_dir = options.image_dir.as_path();
     let cache_dir = image_dir.join("cache");
+    let mut built_dir = None;
     let (wasm, sha, mounts) = match &manifest.build {
         None => {
-            let wasm = fetch::ensure_image(manifest, image_dir, offline).await?;
+            let wasm = fetch::ensure_image(manifest, image_dir, options.offline).await?;
             (wasm, manifest.wasm_sha256.clone(), vec![])
         }
         Some(_) => {
-            let built = recipe::ensure_built(manifest, image_dir, offline).await?;
+            let built =
+                recipe::ensure_built(manifest, image_dir, options.offline, options.build_python.as_deref()).await?;
             let mounts = manifest
                 .mounts
                 .iter()
                 .map(|(guest, rel)| (built.dir.join(rel), guest.clone()))
                 .collect();
+            built_dir = Some(built.dir.clone());
             (built.wasm, built.wasm_sha256, mounts)
         }
     };
@@ -266,7 +276,97 @@ async fn load_program(
             Program::Component(pre)
         }
     };
+    if let (Some(dir), Some(stdlib)) = (built_dir, manifest.mounts.iter().find(|(guest, _)| *guest == "/python")) {
+        precompile_stdlib(&program, &dir, stdlib.1, &mounts).await;
+    }
     Ok((program, mounts))
+}
+
+/// Compiles the standard library of a built Python image to `.pyc` files,
+/// once, with the image's own interpreter, so that modules the snapshot did
+/// not preload import without compiling their source in every exec. The
+/// files use unchecked hashes: the library is read-only, so its sources are
+/// never stat'ed against them. Failure only costs speed, so it is logged.
+async fn precompile_stdlib(program: &Program, dir: &Path, lib: &str, mounts: &[(PathBuf, String)]) {
+    let marker = dir.join(lib).join(".stacyvm-pyc");
+    if marker.exists() {
+        return;
+    }
+    let started = Instant::now();
+    // The image directory is the guest's `/`, writable, so the library is
+    // also at `/<lib>`; the .pyc files record `/python` as their source path.
+    let lib_in_root = format!("/{lib}");
+    let argv = [
+        "python3",
+        "-m",
+        "compileall",
+        "-q",
+        "--invalidation-mode",
+        "unchecked-hash",
+        "-s",
+        &lib_in_root,
+        "-p",
+        "/python",
+        &lib_in_root,
+    ];
+    let runtime = LoadedRuntime {
+        def: Arc::new(RuntimeDef {
+            name: "precompile".into(),
+            description: String::new(),
+            images: vec![],
+            wasm_image: String::new(),
+            commands: vec![],
+            argv0: "python3".into(),
+            argv_prefix: vec![],
+            default: false,
+            fallback: None,
+            env: Default::default(),
+            support_files: Default::default(),
+        }),
+        program: program.clone(),
+        mounts: mounts.to_vec(),
+    };
+    let job = GuestJob {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: vec![("PWD".into(), "/".into())],
+        sandbox_dir: dir.to_path_buf(),
+        stdin: vec![],
+        timeout: Duration::from_secs(600),
+        memory_bytes: 1 << 30,
+        fuel: u64::MAX,
+        output_limit: 64 << 10,
+        disk_remaining: u64::MAX,
+        stdin_stream: None,
+        output: None,
+    };
+    let handle = tokio::runtime::Handle::current();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("stacyvm-precompile".into())
+        .stack_size(GUEST_THREAD_STACK)
+        .spawn(move || {
+            let _runtime = handle.enter();
+            tx.send(super::guest::run(&runtime, job)).ok();
+        });
+    let result = match spawned {
+        Ok(_) => rx.await.ok(),
+        Err(_) => None,
+    };
+    match result {
+        Some(Ok(out)) if out.exit_code == 0 => {
+            tracing::info!(elapsed = ?started.elapsed(), "precompiled the standard library");
+            if let Err(e) = std::fs::write(&marker, b"") {
+                tracing::warn!("cannot write {}: {e}", marker.display());
+            }
+        }
+        Some(Ok(out)) => tracing::warn!(
+            exit_code = out.exit_code,
+            "precompiling the standard library failed; imports outside the snapshot compile from source: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Some(Err(e)) => tracing::warn!("precompiling the standard library failed: {e}"),
+        None => tracing::warn!("precompiling the standard library failed: the guest thread did not finish"),
+    }
 }
 
 /// Loads a compiled module or component from the compile cache, or

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::Semaphore;
 
-use self::engine::{GUEST_THREAD_STACK, LoadedRuntime, PoolSize, WasmEngine};
+use self::engine::{GUEST_THREAD_STACK, LoadOptions, LoadedRuntime, PoolSize, WasmEngine};
 use self::guest::GuestJob;
 use super::{
     Capabilities, ExecIo, ExecMode, ExecOutput, ExecSpec, FileEntry, OutputChunk, Provider, ProviderError,
@@ -47,8 +47,7 @@ pub struct WasmProvider {
 
 impl WasmProvider {
     pub async fn new(settings: &Settings, catalog: Catalog) -> anyhow::Result<WasmProvider> {
-        let pool = PoolSize::for_concurrency(settings.exec.max_concurrent);
-        let engine = WasmEngine::load(&catalog, &settings.image_dir(), settings.wasm.offline, pool).await?;
+        let engine = WasmEngine::load(&catalog, &load_options(settings, false)).await?;
         tracing::info!(
             pooling = engine.pooling,
             runtimes = engine.runtimes.len(),
@@ -177,6 +176,39 @@ impl WasmProvider {
         })
         .await
     }
+}
+
+fn load_options(settings: &Settings, strict: bool) -> LoadOptions {
+    LoadOptions {
+        image_dir: settings.image_dir(),
+        offline: settings.wasm.offline,
+        pool: PoolSize::for_concurrency(settings.exec.max_concurrent),
+        build_python: settings.wasm.build_python.clone(),
+        strict,
+    }
+}
+
+/// Fetches, builds and compiles every image of the catalogue ahead of time,
+/// failing rather than falling back. Returns one line per runtime.
+pub async fn prepare_images(settings: &Settings, catalog: &Catalog) -> anyhow::Result<Vec<String>> {
+    let engine = WasmEngine::load(catalog, &load_options(settings, true)).await?;
+    let mut lines: Vec<String> = catalog
+        .runtimes()
+        .iter()
+        .map(|def| {
+            let image = catalog.image(&def.wasm_image).expect("catalogue validated");
+            format!(
+                "{} ({}): image {} ({})",
+                def.name,
+                def.images.join(", "),
+                image.name,
+                image.license
+            )
+        })
+        .collect();
+    lines.sort();
+    drop(engine);
+    Ok(lines)
 }
 
 /// Runs `f`, which runs guests, on a thread of its own whose native stack is

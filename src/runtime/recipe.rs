@@ -115,7 +115,7 @@ pub async fn ensure_built(
     let python = python.filter(|p| !p.is_empty()).unwrap_or("python3");
     tracing::info!(image = %manifest.name, "building the image with {python} (once per recipe; about 15 s)");
     let started = Instant::now();
-    let mut child = tokio::process::Command::new(&python)
+    let mut child = tokio::process::Command::new(python)
         .arg(recipe_dir.join("build.py"))
         .arg("--out")
         .arg(&dir)

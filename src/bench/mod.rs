@@ -24,7 +24,6 @@ use self::report::{Density, Environment, Latency, Report, Throughput};
 use self::server::{Launch, ScratchDir, Server};
 use self::stats::Summary;
 
-const WASM_IMAGE: &str = "python:3.12";
 const PY_COMMAND: &str = r#"python3 -c "print(40+2)""#;
 const DOCKER_COMMAND: &str = "echo 42";
 const EXPECTED: &str = "42\n";
@@ -46,6 +45,9 @@ pub struct Options {
     /// Untimed runs before each latency metric.
     #[arg(long, default_value_t = 10)]
     pub warmup: usize,
+    /// Wasm image for the wasm metrics (`python:3.12` measures the interpreter that starts from scratch).
+    #[arg(long, default_value = "python:3.14")]
+    pub wasm_image: String,
     /// Docker image for the docker metrics; it must be present locally and have `echo`.
     #[arg(long, default_value = "stacyvm-test-busybox:latest")]
     pub docker_image: String,
@@ -81,7 +83,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             let api = Api::new(url, opts.api_key.clone())?;
             let mut report = measure(&api, &opts, native.as_ref(), &mut notes, url.clone()).await?;
             if opts.density_count > 0 {
-                report.density = Some(density(&api, opts.density_count, None).await?);
+                report.density = Some(density(&api, &opts.wasm_image, opts.density_count, None).await?);
             }
             report
         }
@@ -117,7 +119,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             let api = Api::new(&second.url, None)?;
             let measured = match opts.density_count {
                 0 => Ok(None),
-                n => density(&api, n, Some(&second)).await.map(Some),
+                n => density(&api, &opts.wasm_image, n, Some(&second)).await.map(Some),
             };
             let stopped = second.stop().await;
             report.density = measured?;
@@ -158,9 +160,9 @@ async fn measure(
 
     let samples = opts.samples.unwrap_or(200);
     eprintln!("bench: wasm create and destroy, {warmup} + {samples} times");
-    let (create, destroy) = create_destroy(api, "wasm", WASM_IMAGE, warmup, samples).await?;
+    let (create, destroy) = create_destroy(api, "wasm", &opts.wasm_image, warmup, samples).await?;
     eprintln!("bench: wasm exec, {warmup} + {samples} times");
-    let exec = exec_latency(api, "wasm", WASM_IMAGE, PY_COMMAND, warmup, samples).await?;
+    let exec = exec_latency(api, "wasm", &opts.wasm_image, PY_COMMAND, warmup, samples).await?;
     push("wasm create", create);
     push("wasm exec", exec);
     push("wasm destroy", destroy);
@@ -209,10 +211,10 @@ async fn measure(
     let duration = Duration::from_secs(opts.throughput_seconds);
     for concurrency in CONCURRENCIES {
         eprintln!("bench: wasm exec throughput at concurrency {concurrency} for {duration:?}");
-        throughput.push(exec_throughput(api, concurrency, duration).await?);
+        throughput.push(exec_throughput(api, &opts.wasm_image, concurrency, duration).await?);
     }
 
-    let id = api.create("wasm", WASM_IMAGE).await?;
+    let id = api.create("wasm", &opts.wasm_image).await?;
     let wasm_python = api
         .exec(&id, r#"python3 -c "import sys; print(sys.version.split()[0])""#)
         .await;
@@ -295,10 +297,10 @@ async fn exec_latency(
 /// `concurrency` clients, each with its own sandbox, exec `print(40+2)` back
 /// to back for `duration`. Execs per second counts every exec that finished,
 /// over the time until the last one did.
-async fn exec_throughput(api: &Api, concurrency: usize, duration: Duration) -> anyhow::Result<Throughput> {
+async fn exec_throughput(api: &Api, image: &str, concurrency: usize, duration: Duration) -> anyhow::Result<Throughput> {
     let mut ids = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
-        ids.push(api.create("wasm", WASM_IMAGE).await?);
+        ids.push(api.create("wasm", image).await?);
     }
     let started = Instant::now();
     let deadline = started + duration;
@@ -345,14 +347,14 @@ async fn exec_throughput(api: &Api, concurrency: usize, duration: Duration) -> a
 
 /// Creates `count` idle wasm sandboxes one after another, reads the
 /// server's RSS before and after when `server` is ours, and destroys them.
-async fn density(api: &Api, count: usize, server: Option<&Server>) -> anyhow::Result<Density> {
+async fn density(api: &Api, image: &str, count: usize, server: Option<&Server>) -> anyhow::Result<Density> {
     eprintln!("bench: density, {count} idle wasm sandboxes");
     let rss_before = server.map(Server::rss_kib).transpose()?;
     let mut ids = Vec::with_capacity(count);
     let started = Instant::now();
     let mut failure = None;
     for _ in 0..count {
-        match api.create("wasm", WASM_IMAGE).await {
+        match api.create("wasm", image).await {
             Ok(id) => ids.push(id),
             Err(e) => {
                 failure = Some(e.context(format!("after {} sandboxes", ids.len())));

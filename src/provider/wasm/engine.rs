@@ -229,12 +229,13 @@ async fn load_program(
             (built.wasm, built.wasm_sha256, mounts)
         }
     };
-    let engine = engine.clone();
+    let (engine, name) = (engine.clone(), manifest.name.clone());
     let program = match manifest.kind {
         ImageKind::Module => {
             let module = tokio::task::spawn_blocking(move || {
                 load_cached(
                     &engine,
+                    &name,
                     &wasm,
                     &sha,
                     &cache_dir,
@@ -257,6 +258,7 @@ async fn load_program(
             let component = tokio::task::spawn_blocking(move || {
                 load_cached(
                     &engine,
+                    &name,
                     &wasm,
                     &sha,
                     &cache_dir,
@@ -374,6 +376,7 @@ async fn precompile_stdlib(program: &Program, dir: &Path, lib: &str, mounts: &[(
 /// match is ignored and rewritten.
 fn load_cached<T: Serialize>(
     engine: &Engine,
+    name: &str,
     wasm: &Path,
     wasm_sha: &str,
     cache_dir: &Path,
@@ -386,8 +389,8 @@ fn load_cached<T: Serialize>(
     let mut hasher = std::hash::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut hasher);
     let key = hex::encode(&Sha256::digest(format!("{wasm_sha}:{:x}", hasher.finish()))[..12]);
-    let stem = wasm.file_stem().unwrap().to_string_lossy();
-    let cwasm = cache_dir.join(format!("{stem}-{key}.cwasm"));
+    let stem = name;
+    let cwasm = cache_dir.join(format!("{name}-{key}.cwasm"));
     let checksum = cwasm.with_extension("cwasm.sha256");
     if let (Ok(expected), true) = (std::fs::read_to_string(&checksum), cwasm.exists()) {
         let started = Instant::now();

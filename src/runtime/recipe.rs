@@ -155,3 +155,31 @@ pub async fn ensure_built(
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recipe_digest_matches_the_one_build_py_records() {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/python-3.14/build.py");
+        let out = std::process::Command::new("python3")
+            .arg(&script)
+            .args(["--out", "unused", "--print-recipe"])
+            .output()
+            .expect("python3 runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap().trim(),
+            digest("python-3.14").unwrap()
+        );
+    }
+
+    #[test]
+    fn an_unknown_recipe_is_an_error_naming_it() {
+        assert_eq!(
+            digest("cobol-1").unwrap_err().to_string(),
+            "no recipe images/cobol-1/ is built into this binary"
+        );
+    }
+}

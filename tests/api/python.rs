@@ -223,3 +223,25 @@ async fn a_server_that_cannot_build_the_3_14_image_runs_python_on_3_12() {
         "{err:#}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_3_14_image_reaches_no_network_not_even_the_server_itself() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    let port = app
+        .base
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let probe = format!(
+        "import socket\n\
+         try:\n    socket.create_connection(('example.com', 80), timeout=2)\nexcept OSError as e:\n    print(type(e).__name__)\n\
+         try:\n    socket.socket().connect(('127.0.0.1', {port}))\nexcept OSError as e:\n    print(type(e).__name__)\n"
+    );
+    let out = python(&app, &id, &["-c", &probe]).await;
+    assert_eq!(out["stdout"], "gaierror\nPermissionError\n", "{out}");
+}

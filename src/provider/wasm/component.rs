@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use wasmtime::component::{Linker, Resource, ResourceTable};
-use wasmtime::{Store, StoreContextMut, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{StoreContextMut, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::filesystem::WasiFilesystemView;
 use wasmtime_wasi::p2::bindings::sync::CommandPre;
 use wasmtime_wasi::p2::bindings::sync::filesystem::types::{self as fs, HostDescriptor};
@@ -30,9 +30,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_io::bindings::wasi::io::poll::{Host as _, HostPollable as _};
 
 use super::engine::LoadedRuntime;
-use super::guest::{GuestJob, StopCheck, finish, wasi_builder};
-use super::pipe::CapturePipe;
-use crate::provider::{ExecOutput, ProviderError, StreamKind};
+use super::guest::{GuestJob, Limited, RunStart, StopCheck, new_store};
+use crate::provider::{ExecOutput, ProviderError};
 
 /// The WASI version of the interfaces the shadows replace.
 const FILESYSTEM: &str = "wasi:filesystem/types@0.2.12";
@@ -50,6 +49,16 @@ pub struct ComponentState {
     /// file streams it opened.
     quota: Arc<AtomicU64>,
     stop: StopCheck,
+}
+
+impl Limited for ComponentState {
+    fn limits(&mut self) -> &mut StoreLimits {
+        &mut self.limits
+    }
+
+    fn stop(&self) -> &StopCheck {
+        &self.stop
+    }
 }
 
 impl WasiView for ComponentState {
@@ -273,41 +282,22 @@ pub fn run(
     pre: &CommandPre<ComponentState>,
     mut job: GuestJob,
 ) -> Result<ExecOutput, ProviderError> {
-    let started = Instant::now();
-    let stdout = CapturePipe::new(job.output_limit).tee(job.output.clone(), StreamKind::Stdout);
-    let stderr = CapturePipe::new(job.output_limit).tee(job.output.clone(), StreamKind::Stderr);
-    let mut builder = wasi_builder(runtime, &mut job, &stdout, &stderr)?;
+    let mut start = RunStart::new(runtime, &mut job)?;
     let state = ComponentState {
-        ctx: builder.build(),
+        ctx: start.wasi.build(),
         table: ResourceTable::new(),
         limits: StoreLimitsBuilder::new().memory_size(job.memory_bytes).build(),
         quota: Arc::new(AtomicU64::new(job.disk_remaining)),
-        stop: StopCheck {
-            deadline: started + job.timeout,
-            output: job.output.clone(),
-        },
+        stop: start.stop_check(&job),
     };
-    let mut store = Store::new(pre.engine(), state);
-    store.limiter(|s| &mut s.limits);
-    store
-        .set_fuel(job.fuel)
-        .map_err(|e| ProviderError::Internal(anyhow::Error::from(e).context("cannot set fuel")))?;
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|ctx| match ctx.data().stop.must_stop() {
-        Some(stop) => Err(stop),
-        None => Ok(UpdateDeadline::Continue(1)),
-    });
+    let mut store = new_store(pre.engine(), state, job.fuel)?;
     let mut failed = false;
-    let t0 = Instant::now();
-    let command = pre.instantiate(&mut store);
-    let t1 = Instant::now();
-    let result = command
+    let result = pre
+        .instantiate(&mut store)
         .and_then(|command| command.wasi_cli_run().call_run(&mut store))
         .map(|status| failed = status.is_err());
-    let t2 = Instant::now();
-    drop(store);
-    tracing::debug!(instantiate = ?(t1 - t0), run = ?(t2 - t1), drop = ?t2.elapsed(), "component timing");
-    let mut output = finish(result, &stdout, &stderr, started, &job)?;
+    // `run` returning an error is a plain failure, exit status 1.
+    let mut output = start.finish(result, &job)?;
     if failed && output.exit_code == 0 {
         output.exit_code = 1;
     }

@@ -232,21 +232,9 @@ async fn load_program(
     let (engine, name) = (engine.clone(), manifest.name.clone());
     let program = match manifest.kind {
         ImageKind::Module => {
-            let module = tokio::task::spawn_blocking(move || {
-                load_cached(
-                    &engine,
-                    &name,
-                    &wasm,
-                    &sha,
-                    &cache_dir,
-                    |e, p| Module::from_file(e, p),
-                    |e, p| {
-                        // SAFETY: see `load_cached`.
-                        unsafe { Module::deserialize_file(e, p) }
-                    },
-                )
-            })
-            .await??;
+            let module =
+                tokio::task::spawn_blocking(move || load_cached::<Module>(&engine, &name, &wasm, &sha, &cache_dir))
+                    .await??;
             Program::Module(
                 linker
                     .instantiate_pre(&module)
@@ -255,21 +243,9 @@ async fn load_program(
             )
         }
         ImageKind::Component => {
-            let component = tokio::task::spawn_blocking(move || {
-                load_cached(
-                    &engine,
-                    &name,
-                    &wasm,
-                    &sha,
-                    &cache_dir,
-                    |e, p| Component::from_file(e, p),
-                    |e, p| {
-                        // SAFETY: see `load_cached`.
-                        unsafe { Component::deserialize_file(e, p) }
-                    },
-                )
-            })
-            .await??;
+            let component =
+                tokio::task::spawn_blocking(move || load_cached::<Component>(&engine, &name, &wasm, &sha, &cache_dir))
+                    .await??;
             let pre = component_linker
                 .instantiate_pre(&component)
                 .and_then(CommandPre::new)
@@ -374,43 +350,40 @@ async fn precompile_stdlib(program: &Program, dir: &Path, lib: &str, mounts: &[(
 /// Loads a compiled module or component from the compile cache, or
 /// compiles it and fills the cache. A cache file whose checksum does not
 /// match is ignored and rewritten.
-fn load_cached<T: Serialize>(
+fn load_cached<T: Compiled>(
     engine: &Engine,
     name: &str,
     wasm: &Path,
     wasm_sha: &str,
     cache_dir: &Path,
-    compile: fn(&Engine, &Path) -> wasmtime::Result<T>,
-    // Only ever called on a file written by `T::serialize` of an engine
-    // with the same compatibility hash (it is in the file name), whose
-    // checksum matches what we recorded then.
-    deserialize: fn(&Engine, &Path) -> wasmtime::Result<T>,
 ) -> anyhow::Result<T> {
     let mut hasher = std::hash::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut hasher);
     let key = hex::encode(&Sha256::digest(format!("{wasm_sha}:{:x}", hasher.finish()))[..12]);
-    let stem = name;
     let cwasm = cache_dir.join(format!("{name}-{key}.cwasm"));
     let checksum = cwasm.with_extension("cwasm.sha256");
     if let (Ok(expected), true) = (std::fs::read_to_string(&checksum), cwasm.exists()) {
         let started = Instant::now();
         match sha256_file(&cwasm) {
-            Ok(actual) if actual == expected.trim() => match deserialize(engine, &cwasm) {
+            // SAFETY: the file was written by `T::serialize` of an engine
+            // with the same compatibility hash (it is in the file name), and
+            // its checksum matches what we recorded then.
+            Ok(actual) if actual == expected.trim() => match unsafe { T::deserialize_file(engine, &cwasm) } {
                 Ok(program) => {
-                    tracing::info!(program = %stem, elapsed = ?started.elapsed(), "loaded compiled program from cache");
+                    tracing::info!(program = %name, elapsed = ?started.elapsed(), "loaded compiled program from cache");
                     return Ok(program);
                 }
-                Err(e) => tracing::warn!(program = %stem, "compile cache entry unusable, recompiling: {e:#}"),
+                Err(e) => tracing::warn!(program = %name, "compile cache entry unusable, recompiling: {e:#}"),
             },
-            _ => tracing::warn!(program = %stem, "compile cache entry is corrupt, recompiling"),
+            _ => tracing::warn!(program = %name, "compile cache entry is corrupt, recompiling"),
         }
     }
-    tracing::info!(program = %stem, "compiling (this takes a few seconds, once)");
+    tracing::info!(program = %name, "compiling (this takes a few seconds, once)");
     let started = Instant::now();
-    let program = compile(engine, wasm)
+    let program = T::from_file(engine, wasm)
         .map_err(anyhow::Error::from)
         .with_context(|| format!("cannot compile {}", wasm.display()))?;
-    tracing::info!(program = %stem, elapsed = ?started.elapsed(), "compiled");
+    tracing::info!(program = %name, elapsed = ?started.elapsed(), "compiled");
     let bytes = program.serialize()?;
     std::fs::create_dir_all(cache_dir)?;
     write_atomically(&cwasm, &bytes)?;
@@ -419,19 +392,42 @@ fn load_cached<T: Serialize>(
 }
 
 /// What the compile cache needs of a module or component.
-trait Serialize {
+trait Compiled: Sized {
+    fn from_file(engine: &Engine, wasm: &Path) -> wasmtime::Result<Self>;
     fn serialize(&self) -> wasmtime::Result<Vec<u8>>;
+    /// # Safety
+    /// `path` must hold what `serialize` wrote for an engine compatible with
+    /// `engine`.
+    unsafe fn deserialize_file(engine: &Engine, path: &Path) -> wasmtime::Result<Self>;
 }
 
-impl Serialize for Module {
+impl Compiled for Module {
+    fn from_file(engine: &Engine, wasm: &Path) -> wasmtime::Result<Self> {
+        Module::from_file(engine, wasm)
+    }
+
     fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
         Module::serialize(self)
     }
+
+    unsafe fn deserialize_file(engine: &Engine, path: &Path) -> wasmtime::Result<Self> {
+        // SAFETY: passed on to the caller.
+        unsafe { Module::deserialize_file(engine, path) }
+    }
 }
 
-impl Serialize for Component {
+impl Compiled for Component {
+    fn from_file(engine: &Engine, wasm: &Path) -> wasmtime::Result<Self> {
+        Component::from_file(engine, wasm)
+    }
+
     fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
         Component::serialize(self)
+    }
+
+    unsafe fn deserialize_file(engine: &Engine, path: &Path) -> wasmtime::Result<Self> {
+        // SAFETY: passed on to the caller.
+        unsafe { Component::deserialize_file(engine, path) }
     }
 }
 

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 use wasmtime::{
-    AsContextMut, Caller, Extern, InstancePre, Linker, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline,
+    AsContextMut, Caller, Engine, Extern, InstancePre, Linker, Store, StoreLimits, StoreLimitsBuilder, Trap,
+    UpdateDeadline,
 };
 use wasmtime_wasi::cli::AsyncStdinStream;
 use wasmtime_wasi::p1::wasi_snapshot_preview1::{self as wasi1, WasiSnapshotPreview1};
@@ -67,6 +68,76 @@ struct Quota {
     remaining: u64,
     /// Once the guest moves a file onto fd 0-2, every fd is charged.
     stdio_replaced: bool,
+}
+
+/// What every guest's store state offers the shared store set-up.
+pub trait Limited: Send + 'static {
+    fn limits(&mut self) -> &mut StoreLimits;
+    fn stop(&self) -> &StopCheck;
+}
+
+impl Limited for GuestState {
+    fn limits(&mut self) -> &mut StoreLimits {
+        &mut self.limits
+    }
+
+    fn stop(&self) -> &StopCheck {
+        &self.stop
+    }
+}
+
+/// A fresh store for one run, with its memory limits, its fuel, and the
+/// deadline and client checks at every epoch tick.
+pub fn new_store<T: Limited>(engine: &Engine, state: T, fuel: u64) -> Result<Store<T>, ProviderError> {
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| s.limits());
+    store
+        .set_fuel(fuel)
+        .map_err(|e| ProviderError::Internal(anyhow::Error::from(e).context("cannot set fuel")))?;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|ctx| match ctx.data().stop().must_stop() {
+        Some(stop) => Err(stop),
+        None => Ok(UpdateDeadline::Continue(1)),
+    });
+    Ok(store)
+}
+
+/// The start of every run: its clock, its captured output and its WASI
+/// context, whose whole world is the sandbox directory and the runtime's
+/// read-only mounts.
+pub struct RunStart {
+    pub started: Instant,
+    pub stdout: CapturePipe,
+    pub stderr: CapturePipe,
+    pub wasi: WasiCtxBuilder,
+}
+
+impl RunStart {
+    pub fn new(runtime: &LoadedRuntime, job: &mut GuestJob) -> Result<RunStart, ProviderError> {
+        let started = Instant::now();
+        let stdout = CapturePipe::new(job.output_limit).tee(job.output.clone(), StreamKind::Stdout);
+        let stderr = CapturePipe::new(job.output_limit).tee(job.output.clone(), StreamKind::Stderr);
+        let wasi = wasi_builder(runtime, job, &stdout, &stderr)?;
+        Ok(RunStart {
+            started,
+            stdout,
+            stderr,
+            wasi,
+        })
+    }
+
+    /// The exec's stop check, from its deadline and live output.
+    pub fn stop_check(&self, job: &GuestJob) -> StopCheck {
+        StopCheck {
+            deadline: self.started + job.timeout,
+            output: job.output.clone(),
+        }
+    }
+
+    /// Turns how the run ended into the exec's result.
+    pub fn finish(&self, result: wasmtime::Result<()>, job: &GuestJob) -> Result<ExecOutput, ProviderError> {
+        finish(result, &self.stdout, &self.stderr, self.started, job)
+    }
 }
 
 /// Marks the error that stops a guest at its deadline.
@@ -349,7 +420,7 @@ pub fn run(runtime: &LoadedRuntime, job: GuestJob) -> Result<ExecOutput, Provide
 /// The WASI context every guest gets: arguments, environment, stdio wired to
 /// `stdout`/`stderr`, the sandbox directory as `/` and the runtime's
 /// read-only mounts.
-pub fn wasi_builder(
+fn wasi_builder(
     runtime: &LoadedRuntime,
     job: &mut GuestJob,
     stdout: &CapturePipe,
@@ -381,12 +452,9 @@ fn run_module(
     pre: &InstancePre<GuestState>,
     mut job: GuestJob,
 ) -> Result<ExecOutput, ProviderError> {
-    let started = Instant::now();
-    let stdout = CapturePipe::new(job.output_limit).tee(job.output.clone(), StreamKind::Stdout);
-    let stderr = CapturePipe::new(job.output_limit).tee(job.output.clone(), StreamKind::Stderr);
-    let mut builder = wasi_builder(runtime, &mut job, &stdout, &stderr)?;
+    let mut start = RunStart::new(runtime, &mut job)?;
     let state = GuestState {
-        wasi: builder.build_p1(),
+        wasi: start.wasi.build_p1(),
         limits: StoreLimitsBuilder::new()
             .memory_size(job.memory_bytes)
             .instances(1)
@@ -395,32 +463,19 @@ fn run_module(
             remaining: job.disk_remaining,
             stdio_replaced: false,
         },
-        stop: StopCheck {
-            deadline: started + job.timeout,
-            output: job.output.clone(),
-        },
+        stop: start.stop_check(&job),
     };
-    let mut store = Store::new(pre.module().engine(), state);
-    store.limiter(|s| &mut s.limits);
-    store
-        .set_fuel(job.fuel)
-        .map_err(|e| ProviderError::Internal(anyhow::Error::from(e).context("cannot set fuel")))?;
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|ctx| match ctx.data().stop.must_stop() {
-        Some(stop) => Err(stop),
-        None => Ok(UpdateDeadline::Continue(1)),
-    });
-
+    let mut store = new_store(pre.module().engine(), state, job.fuel)?;
     let result = pre
         .instantiate(&mut store)
         .and_then(|instance| instance.get_typed_func::<(), ()>(&mut store, "_start"))
         .and_then(|start| start.call(&mut store, ()));
-    finish(result, &stdout, &stderr, started, &job)
+    start.finish(result, &job)
 }
 
 /// Turns how a guest run ended into the exec's result: exit codes, limits
 /// (with the output so far) and crashes.
-pub fn finish(
+fn finish(
     result: wasmtime::Result<()>,
     stdout: &CapturePipe,
     stderr: &CapturePipe,

@@ -182,7 +182,7 @@ fn load_options(settings: &Settings, strict: bool) -> LoadOptions {
     LoadOptions {
         image_dir: settings.image_dir(),
         offline: settings.wasm.offline,
-        pool: PoolSize::for_concurrency(settings.exec.max_concurrent),
+        pool: PoolSize::for_concurrency(settings.exec.max_concurrent, settings.wasm.keep_resident_bytes()),
         build_python: settings.wasm.build_python.clone(),
         strict,
     }

@@ -245,3 +245,28 @@ async fn the_3_14_image_reaches_no_network_not_even_the_server_itself() {
     let out = python(&app, &id, &["-c", &probe]).await;
     assert_eq!(out["stdout"], "gaierror\nPermissionError\n", "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_standard_library_is_readable_but_not_writable() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    let probe = [
+        "import os, json",
+        "print(os.path.exists(json.__file__), json.__file__)",
+        "for path in ('/python/json/__init__.py', '/python/evil.py'):",
+        "    try:",
+        "        open(path, 'a').write('x')",
+        "    except OSError as e:",
+        "        print(type(e).__name__)",
+        "try:",
+        "    os.remove('/python/os.py')",
+        "except OSError as e:",
+        "    print(type(e).__name__)",
+    ]
+    .join("\n");
+    let out = python(&app, &id, &["-c", &probe]).await;
+    assert_eq!(
+        out["stdout"], "True /python/json/__init__.py\nPermissionError\nPermissionError\nPermissionError\n",
+        "{out}"
+    );
+}

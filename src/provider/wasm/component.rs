@@ -30,7 +30,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_io::bindings::wasi::io::poll::{Host as _, HostPollable as _};
 
 use super::engine::LoadedRuntime;
-use super::guest::{GuestJob, Limited, RunStart, StopCheck, new_store};
+use super::guest::{GuestJob, Limited, RunStart, StopCheck, new_store, park};
 use crate::provider::{ExecOutput, ProviderError};
 
 /// The WASI version of the interfaces the shadows replace.
@@ -296,6 +296,7 @@ pub fn run(
         .instantiate(&mut store)
         .and_then(|command| command.wasi_cli_run().call_run(&mut store))
         .map(|status| failed = status.is_err());
+    park(store);
     // `run` returning an error is a plain failure, exit status 1.
     let mut output = start.finish(result, &job)?;
     if failed && output.exit_code == 0 {

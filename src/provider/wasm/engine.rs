@@ -108,9 +108,10 @@ pub struct PoolSize {
 impl PoolSize {
     pub fn for_concurrency(max_concurrent: usize, keep_resident: usize) -> PoolSize {
         PoolSize {
-            // Every running exec holds one instance; a few spare for the
-            // moment between one ending and the next starting.
-            instances: (max_concurrent as u32).saturating_add(4),
+            // A running exec holds up to two instances (a shell script's
+            // current guest and the previous one, parked until released),
+            // and a finished exec one more until its thread releases it.
+            instances: (max_concurrent as u32).saturating_mul(3).saturating_add(4),
             core_per_instance: 32,
             keep_resident,
         }
@@ -328,6 +329,7 @@ async fn precompile_stdlib(program: &Program, dir: &Path, lib: &str, mounts: &[(
         .spawn(move || {
             let _runtime = handle.enter();
             tx.send(super::guest::run(&runtime, job)).ok();
+            super::guest::release_parked();
         });
     let result = match spawned {
         Ok(_) => rx.await.ok(),

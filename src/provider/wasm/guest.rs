@@ -11,6 +11,8 @@
 //! existing bytes, so a guest can never overshoot the quota; the price is that
 //! one run that rewrites the same file many times may see ENOSPC early.
 
+use std::any::Any;
+use std::cell::RefCell;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -84,6 +86,26 @@ impl Limited for GuestState {
     fn stop(&self) -> &StopCheck {
         &self.stop
     }
+}
+
+thread_local! {
+    /// The store of the last guest this thread ran. Releasing an instance
+    /// takes about a millisecond (its memory is reset in place for the next
+    /// one), so it is parked here and dropped by [`release_parked`] after
+    /// the exec's result has gone out, or when the next guest is parked.
+    static PARKED: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+}
+
+/// Parks a finished guest's store for [`release_parked`] to drop.
+pub fn park<T: 'static>(store: Store<T>) {
+    let previous = PARKED.with(|p| p.replace(Some(Box::new(store))));
+    drop(previous);
+}
+
+/// Drops the store this thread parked, if any.
+pub fn release_parked() {
+    let parked = PARKED.with(|p| p.take());
+    drop(parked);
 }
 
 /// A fresh store for one run, with its memory limits, its fuel, and the
@@ -470,6 +492,7 @@ fn run_module(
         .instantiate(&mut store)
         .and_then(|instance| instance.get_typed_func::<(), ()>(&mut store, "_start"))
         .and_then(|start| start.call(&mut store, ()));
+    park(store);
     start.finish(result, &job)
 }
 

@@ -225,6 +225,8 @@ async fn on_guest_thread<T: Send + 'static>(
         .spawn(move || {
             let _runtime = handle.enter();
             tx.send(f()).ok();
+            // The result is out; now release the last instance.
+            guest::release_parked();
         })
         .map_err(|e| ProviderError::Internal(anyhow::Error::from(e).context("cannot start a guest thread")))?;
     rx.await

@@ -62,7 +62,7 @@ pub struct ImageSource {
 }
 
 /// An interpreter the wasm provider offers.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeDef {
     pub name: String,

@@ -294,16 +294,8 @@ async fn precompile_stdlib(program: &Program, dir: &Path, lib: &str, mounts: &[(
     let runtime = LoadedRuntime {
         def: Arc::new(RuntimeDef {
             name: "precompile".into(),
-            description: String::new(),
-            images: vec![],
-            wasm_image: String::new(),
-            commands: vec![],
             argv0: "python3".into(),
-            argv_prefix: vec![],
-            default: false,
-            fallback: None,
-            env: Default::default(),
-            support_files: Default::default(),
+            ..RuntimeDef::default()
         }),
         program: program.clone(),
         mounts: mounts.to_vec(),
@@ -321,34 +313,20 @@ async fn precompile_stdlib(program: &Program, dir: &Path, lib: &str, mounts: &[(
         stdin_stream: None,
         output: None,
     };
-    let handle = tokio::runtime::Handle::current();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let spawned = std::thread::Builder::new()
-        .name("stacyvm-precompile".into())
-        .stack_size(GUEST_THREAD_STACK)
-        .spawn(move || {
-            let _runtime = handle.enter();
-            tx.send(super::guest::run(&runtime, job)).ok();
-            super::guest::release_parked();
-        });
-    let result = match spawned {
-        Ok(_) => rx.await.ok(),
-        Err(_) => None,
-    };
+    let result = super::guest::on_guest_thread(move || super::guest::run(&runtime, job)).await;
     match result {
-        Some(Ok(out)) if out.exit_code == 0 => {
+        Ok(out) if out.exit_code == 0 => {
             tracing::info!(elapsed = ?started.elapsed(), "precompiled the standard library");
             if let Err(e) = std::fs::write(&marker, b"") {
                 tracing::warn!("cannot write {}: {e}", marker.display());
             }
         }
-        Some(Ok(out)) => tracing::warn!(
+        Ok(out) => tracing::warn!(
             exit_code = out.exit_code,
             "precompiling the standard library failed; imports outside the snapshot compile from source: {}",
             String::from_utf8_lossy(&out.stderr)
         ),
-        Some(Err(e)) => tracing::warn!("precompiling the standard library failed: {e}"),
-        None => tracing::warn!("precompiling the standard library failed: the guest thread did not finish"),
+        Err(e) => tracing::warn!("precompiling the standard library failed: {e}"),
     }
 }
 

@@ -29,7 +29,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 use wiggle::GuestMemory;
 
 use super::component;
-use super::engine::{LoadedRuntime, Program};
+use super::engine::{GUEST_THREAD_STACK, LoadedRuntime, Program};
 use super::pipe::CapturePipe;
 use crate::provider::{ExecOutput, OutputChunk, ProviderError, StreamKind};
 
@@ -108,6 +108,28 @@ pub fn release_parked() {
     drop(parked);
 }
 
+/// Runs `f`, which runs guests, on a thread of its own whose native stack is
+/// deep enough for the deepest wasm stack a guest may use (the threads of
+/// tokio's blocking pool are not), inside the current tokio runtime.
+pub async fn on_guest_thread<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ProviderError> + Send + 'static,
+) -> Result<T, ProviderError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let handle = tokio::runtime::Handle::current();
+    std::thread::Builder::new()
+        .name("stacyvm-guest".into())
+        .stack_size(GUEST_THREAD_STACK)
+        .spawn(move || {
+            let _runtime = handle.enter();
+            tx.send(f()).ok();
+            // The result is out; now release the last instance.
+            release_parked();
+        })
+        .map_err(|e| ProviderError::Internal(anyhow::Error::from(e).context("cannot start a guest thread")))?;
+    rx.await
+        .map_err(|_| ProviderError::Internal(anyhow::anyhow!("the guest thread panicked")))?
+}
+
 /// A fresh store for one run, with its memory limits, its fuel, and the
 /// deadline and client checks at every epoch tick.
 pub fn new_store<T: Limited>(engine: &Engine, state: T, fuel: u64) -> Result<Store<T>, ProviderError> {
@@ -157,8 +179,74 @@ impl RunStart {
     }
 
     /// Turns how the run ended into the exec's result.
+    /// Turns how the run ended into the exec's result: exit codes, limits
+    /// (with the output so far) and crashes.
     pub fn finish(&self, result: wasmtime::Result<()>, job: &GuestJob) -> Result<ExecOutput, ProviderError> {
-        finish(result, &self.stdout, &self.stderr, self.started, job)
+        let (out, out_truncated) = self.stdout.take();
+        let (err, err_truncated) = self.stderr.take();
+        let mut output = ExecOutput {
+            exit_code: 0,
+            stdout: out,
+            stderr: err,
+            truncated: out_truncated || err_truncated,
+            duration: self.started.elapsed(),
+            trap: None,
+        };
+        let Err(error) = result else { return Ok(output) };
+        if let Some(exit) = error.downcast_ref::<I32Exit>() {
+            output.exit_code = exit.0;
+            return Ok(output);
+        }
+        if error.downcast_ref::<ClientGone>().is_some() {
+            return Err(ProviderError::Cancelled);
+        }
+        if error.downcast_ref::<DeadlineReached>().is_some() {
+            return Err(ProviderError::Timeout {
+                timeout: job.timeout,
+                partial: Box::new(output),
+            });
+        }
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => Err(ProviderError::FuelExhausted {
+                fuel: job.fuel,
+                partial: Box::new(output),
+            }),
+            Some(Trap::Interrupt) => Err(ProviderError::Timeout {
+                timeout: job.timeout,
+                partial: Box::new(output),
+            }),
+            Some(trap) => {
+                // A crash of the guest program, like a signal for a process: a
+                // normal result with the conventional 128+SIGABRT exit code.
+                let reason = match trap {
+                    Trap::StackOverflow => "stack_overflow",
+                    Trap::MemoryOutOfBounds => "memory_out_of_bounds",
+                    Trap::UnreachableCodeReached => "unreachable",
+                    Trap::IntegerDivisionByZero => "integer_division_by_zero",
+                    Trap::IndirectCallToNull | Trap::BadSignature => "bad_call",
+                    _ => "trap",
+                };
+                output.exit_code = 134;
+                output
+                    .stderr
+                    .extend_from_slice(format!("\nstacyvm: the program crashed: {trap}\n").as_bytes());
+                output.trap = Some(reason.to_string());
+                Ok(output)
+            }
+            None => {
+                let message = format!("{error:#}");
+                if message.contains("memory") && message.contains("limit") || message.contains("exceeds memory limits")
+                {
+                    return Err(ProviderError::MemoryLimit {
+                        limit_mb: (job.memory_bytes >> 20) as u64,
+                        partial: Box::new(output),
+                    });
+                }
+                Err(ProviderError::Internal(
+                    anyhow::Error::from(error).context("guest run failed"),
+                ))
+            }
+        }
     }
 }
 
@@ -494,79 +582,4 @@ fn run_module(
         .and_then(|start| start.call(&mut store, ()));
     park(store);
     start.finish(result, &job)
-}
-
-/// Turns how a guest run ended into the exec's result: exit codes, limits
-/// (with the output so far) and crashes.
-fn finish(
-    result: wasmtime::Result<()>,
-    stdout: &CapturePipe,
-    stderr: &CapturePipe,
-    started: Instant,
-    job: &GuestJob,
-) -> Result<ExecOutput, ProviderError> {
-    let (out, out_truncated) = stdout.take();
-    let (err, err_truncated) = stderr.take();
-    let mut output = ExecOutput {
-        exit_code: 0,
-        stdout: out,
-        stderr: err,
-        truncated: out_truncated || err_truncated,
-        duration: started.elapsed(),
-        trap: None,
-    };
-    let Err(error) = result else { return Ok(output) };
-    if let Some(exit) = error.downcast_ref::<I32Exit>() {
-        output.exit_code = exit.0;
-        return Ok(output);
-    }
-    if error.downcast_ref::<ClientGone>().is_some() {
-        return Err(ProviderError::Cancelled);
-    }
-    if error.downcast_ref::<DeadlineReached>().is_some() {
-        return Err(ProviderError::Timeout {
-            timeout: job.timeout,
-            partial: Box::new(output),
-        });
-    }
-    match error.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel) => Err(ProviderError::FuelExhausted {
-            fuel: job.fuel,
-            partial: Box::new(output),
-        }),
-        Some(Trap::Interrupt) => Err(ProviderError::Timeout {
-            timeout: job.timeout,
-            partial: Box::new(output),
-        }),
-        Some(trap) => {
-            // A crash of the guest program, like a signal for a process: a
-            // normal result with the conventional 128+SIGABRT exit code.
-            let reason = match trap {
-                Trap::StackOverflow => "stack_overflow",
-                Trap::MemoryOutOfBounds => "memory_out_of_bounds",
-                Trap::UnreachableCodeReached => "unreachable",
-                Trap::IntegerDivisionByZero => "integer_division_by_zero",
-                Trap::IndirectCallToNull | Trap::BadSignature => "bad_call",
-                _ => "trap",
-            };
-            output.exit_code = 134;
-            output
-                .stderr
-                .extend_from_slice(format!("\nstacyvm: the program crashed: {trap}\n").as_bytes());
-            output.trap = Some(reason.to_string());
-            Ok(output)
-        }
-        None => {
-            let message = format!("{error:#}");
-            if message.contains("memory") && message.contains("limit") || message.contains("exceeds memory limits") {
-                return Err(ProviderError::MemoryLimit {
-                    limit_mb: (job.memory_bytes >> 20) as u64,
-                    partial: Box::new(output),
-                });
-            }
-            Err(ProviderError::Internal(
-                anyhow::Error::from(error).context("guest run failed"),
-            ))
-        }
-    }
 }

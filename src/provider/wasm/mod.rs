@@ -16,7 +16,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::Semaphore;
 
-use self::engine::{GUEST_THREAD_STACK, LoadOptions, LoadedRuntime, PoolSize, WasmEngine};
+use self::engine::{LoadOptions, LoadedRuntime, PoolSize, WasmEngine};
 use self::guest::GuestJob;
 use super::{
     Capabilities, ExecIo, ExecMode, ExecOutput, ExecSpec, FileEntry, OutputChunk, Provider, ProviderError,
@@ -137,6 +137,21 @@ impl WasmProvider {
         env
     }
 
+    /// Runs `f`, which runs guests, once one of the `exec.max_concurrent`
+    /// slots is free.
+    async fn run_guest<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, ProviderError> + Send + 'static,
+    ) -> Result<T, ProviderError> {
+        let _slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| ProviderError::Internal(e.into()))?;
+        guest::on_guest_thread(f).await
+    }
+
     /// Runs a shell-mode command line in the stacyvm shell.
     async fn exec_shell(&self, sandbox: &Sandbox, spec: ExecSpec, io: ExecIo) -> Result<ExecOutput, ProviderError> {
         let mut script = spec.command.clone();
@@ -164,13 +179,7 @@ impl WasmProvider {
             disk_quota: self.disk_quota,
             resolve: Box::new(move |command| resolve_runtime(&catalog, &engine, command, home.as_deref())),
         };
-        let _slot = self
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| ProviderError::Internal(e.into()))?;
-        on_guest_thread(move || {
+        self.run_guest(move || {
             Self::check_workdir(&files::open_root(&job.sandbox_dir)?, &job.cwd)?;
             shell::run(job)
         })
@@ -209,28 +218,6 @@ pub async fn prepare_images(settings: &Settings, catalog: &Catalog) -> anyhow::R
     lines.sort();
     drop(engine);
     Ok(lines)
-}
-
-/// Runs `f`, which runs guests, on a thread of its own whose native stack is
-/// deep enough for the deepest wasm stack a guest may use (the threads of
-/// tokio's blocking pool are not), inside the current tokio runtime.
-async fn on_guest_thread<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ProviderError> + Send + 'static,
-) -> Result<T, ProviderError> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let handle = tokio::runtime::Handle::current();
-    std::thread::Builder::new()
-        .name("stacyvm-guest".into())
-        .stack_size(GUEST_THREAD_STACK)
-        .spawn(move || {
-            let _runtime = handle.enter();
-            tx.send(f()).ok();
-            // The result is out; now release the last instance.
-            guest::release_parked();
-        })
-        .map_err(|e| ProviderError::Internal(anyhow::Error::from(e).context("cannot start a guest thread")))?;
-    rx.await
-        .map_err(|_| ProviderError::Internal(anyhow::anyhow!("the guest thread panicked")))?
 }
 
 /// The runtime a command word runs (preferring the sandbox's own, `home`)
@@ -354,13 +341,7 @@ impl Provider for WasmProvider {
         let workdir = spec.workdir.clone();
         let memory_bytes = (sandbox.memory_mb as usize) << 20;
         let (fuel, output_limit, quota) = (self.fuel, self.output_limit, self.disk_quota);
-        let _slot = self
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| ProviderError::Internal(e.into()))?;
-        on_guest_thread(move || {
+        self.run_guest(move || {
             let root = files::open_root(&dir)?;
             Self::check_workdir(&root, &workdir)?;
             let mut env = Self::base_env(&spec);

@@ -125,7 +125,7 @@ async fn exec(
     let run = tokio::spawn(async move {
         let io = ExecIo {
             output: Some(chunk_tx),
-            stdin: None,
+            ..ExecIo::default()
         };
         service.run_exec(prepared, io).await
     });
@@ -314,6 +314,7 @@ async fn interactive(mut socket: WebSocket, service: std::sync::Arc<SandboxServi
         let io = ExecIo {
             output: Some(chunk_tx),
             stdin: Some(Box::new(stdin_reader)),
+            ..ExecIo::default()
         };
         runner.run_exec(prepared, io).await
     });

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::sandbox::Sandbox;
 use crate::sandbox::path::SandboxPath;
@@ -106,6 +107,10 @@ pub struct ExecIo {
     pub output: Option<tokio::sync::mpsc::UnboundedSender<OutputChunk>>,
     /// Standard input fed while the command runs (instead of `spec.stdin`).
     pub stdin: Option<Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>>,
+    /// Cancelled when the client that asked for the exec has gone away
+    /// (its request was dropped): the provider stops the command as it
+    /// does at the deadline, and frees everything it holds.
+    pub cancel: CancellationToken,
 }
 
 /// What a finished command produced. A non-zero exit is a normal result.

@@ -464,7 +464,11 @@ impl SandboxService {
             summary,
         } = prepared;
         let started = std::time::Instant::now();
+        // If this future is dropped before the exec ends (the client hung
+        // up), the provider is told to stop the command.
+        let client_left = io.cancel.clone().drop_guard();
         let result = provider.exec_io(&sb, spec, io).await;
+        client_left.disarm();
         let outcome = match &result {
             Ok(_) => "completed",
             Err(ProviderError::Timeout { .. }) => "timeout",

@@ -63,7 +63,8 @@ fn collect(dir: &Path, files: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy();
-        if name.starts_with('.') || name == "__pycache__" {
+        // Build output of a Cargo recipe built in place is not part of it.
+        if name.starts_with('.') || name == "__pycache__" || (name == "target" && path.is_dir()) {
             continue;
         }
         if path.is_dir() {

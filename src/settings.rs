@@ -97,6 +97,8 @@ pub struct SandboxSettings {
     pub max_vcpus: u32,
     /// Disk space one sandbox's files may take, in MiB.
     pub disk_quota_mb: u64,
+    /// Files, directories and symlinks one sandbox may hold.
+    pub max_entries: u64,
     /// How often the reaper looks for expired sandboxes.
     #[serde(deserialize_with = "go_duration")]
     pub reap_interval: Duration,
@@ -225,6 +227,9 @@ impl Default for SandboxSettings {
             max_memory_mb: 8192,
             max_vcpus: 16,
             disk_quota_mb: 512,
+            // Far more than a project checkout needs; few enough that
+            // walking the whole tree stays in the tens of milliseconds.
+            max_entries: 100_000,
             // One second keeps expiry prompt while costing one map scan.
             reap_interval: Duration::from_secs(1),
         }
@@ -355,6 +360,9 @@ impl Settings {
         if let Some(v) = get("STACYVM_DISK_QUOTA_MB") {
             s.disk_quota_mb = num("STACYVM_DISK_QUOTA_MB", &v)?;
         }
+        if let Some(v) = get("STACYVM_MAX_ENTRIES") {
+            s.max_entries = num("STACYVM_MAX_ENTRIES", &v)?;
+        }
         if let Some(v) = get("STACYVM_REAP_INTERVAL") {
             s.reap_interval = dur("STACYVM_REAP_INTERVAL", &v)?;
         }
@@ -438,8 +446,14 @@ impl Settings {
         if s.max_memory_mb > 1 << 20 {
             bail!("sandbox.max_memory_mb is unreasonably large");
         }
-        if s.max_per_tenant == 0 || s.disk_quota_mb == 0 || s.max_vcpus == 0 {
-            bail!("sandbox.max_per_tenant, sandbox.disk_quota_mb and sandbox.max_vcpus must be positive");
+        if s.max_per_tenant == 0 || s.disk_quota_mb == 0 || s.max_vcpus == 0 || s.max_entries == 0 {
+            bail!(
+                "sandbox.max_per_tenant, sandbox.disk_quota_mb, sandbox.max_entries and sandbox.max_vcpus must be positive"
+            );
+        }
+        // 1 PiB: beyond any disk, and far from overflowing a byte count.
+        if s.disk_quota_mb > 1 << 30 {
+            bail!("sandbox.disk_quota_mb must be at most 1073741824 (1 PiB)");
         }
         if s.reap_interval.is_zero() {
             bail!("sandbox.reap_interval must be positive");

@@ -303,7 +303,6 @@ async fn interactive(mut socket: WebSocket, service: std::sync::Arc<SandboxServi
             return;
         }
     };
-    let timeout = SandboxService::timeout_of(&prepared);
     // stdin flows through an in-memory pipe; 64 KiB is plenty of slack for
     // typed or pasted input.
     let (mut stdin_writer, stdin_reader) = tokio::io::duplex(64 * 1024);
@@ -318,10 +317,6 @@ async fn interactive(mut socket: WebSocket, service: std::sync::Arc<SandboxServi
         };
         runner.run_exec(prepared, io).await
     });
-    // A guest blocked reading stdin cannot be interrupted, so stdin is
-    // closed at the deadline to let the deadline take effect.
-    let deadline = tokio::time::sleep(timeout);
-    tokio::pin!(deadline);
     let mut stdin_open = true;
     let mut decoder = Utf8Chunks::default();
     let mut output_open = true;
@@ -362,10 +357,6 @@ async fn interactive(mut socket: WebSocket, service: std::sync::Arc<SandboxServi
                 }
                 Some(Ok(_)) => {}
             },
-            _ = &mut deadline, if stdin_open => {
-                stdin_writer.shutdown().await.ok();
-                stdin_open = false;
-            }
             result = &mut run => break result,
         }
     };

@@ -73,8 +73,18 @@ pub struct RuntimeDef {
     pub wasm_image: String,
     /// Command names that run this interpreter.
     pub commands: Vec<String>,
-    /// What the guest sees as `argv[0]`.
+    /// What the guest sees as `argv[0]`; empty for a multicall program.
+    #[serde(default)]
     pub argv0: String,
+    /// One program offering many commands (busybox style): `argv[0]` is the
+    /// command's name, which selects what runs.
+    #[serde(default)]
+    pub multicall: bool,
+    /// The server starts without this runtime when its image cannot be
+    /// fetched or built (its commands then say why they cannot run);
+    /// `stacyvm images pull` still fails.
+    #[serde(default)]
+    pub optional: bool,
     /// Arguments placed between `argv[0]` and the user's arguments.
     #[serde(default)]
     pub argv_prefix: Vec<String>,
@@ -183,6 +193,18 @@ impl Catalog {
                 if f.fallback.is_some() || self.images.get(&f.wasm_image).is_some_and(|m| m.build.is_some()) {
                     bail!("runtime {} must fall back to a runtime with a fetched image", r.name);
                 }
+            }
+            if r.multicall != r.argv0.is_empty() {
+                bail!(
+                    "runtime {} needs an argv0 unless it is multicall (and then none)",
+                    r.name
+                );
+            }
+            if r.default && (r.optional || r.images.is_empty()) {
+                bail!(
+                    "the default runtime {} must have images and must not be optional",
+                    r.name
+                );
             }
             for file in r.support_files.keys() {
                 if file.contains('/') || file.starts_with('.') {

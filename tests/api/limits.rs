@@ -161,7 +161,7 @@ async fn the_disk_quota_answers_enospc_to_the_guest_and_429_to_the_files_api() {
         &got,
         429,
         "resource_limit",
-        "would exceed the sandbox disk quota of 2097152 bytes",
+        "would exceed its disk quota of 2097152 bytes",
     );
     let got = send(
         app.put(&format!("/sandboxes/{id}/files?path=tiny.bin"))

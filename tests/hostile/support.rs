@@ -9,7 +9,11 @@ pub async fn assert_up(app: &TestApp) {
     let health = tokio::time::timeout(std::time::Duration::from_secs(10), send(app.get("/health")))
         .await
         .expect("the server answers /health within 10s after the attack");
-    assert_eq!(health.0, 200, "the server is not healthy after the attack: {}", health.1);
+    assert_eq!(
+        health.0, 200,
+        "the server is not healthy after the attack: {}",
+        health.1
+    );
 }
 
 /// The answer refused the attack (a 4xx) or ran it to a failure (a 200

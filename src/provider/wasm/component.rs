@@ -4,19 +4,20 @@
 //!
 //! The preview1 shadows in `guest.rs` do not apply here, so this module has
 //! its own:
-//! - Disk quota: the file streams `write-via-stream` and `append-via-stream`
-//!   hand out are wrapped in [`QuotaStream`], which charges every byte before
-//!   writing it and fails the write (with ENOSPC, which wasi-libc reports to
-//!   the program as EIO, as it does every stream failure) when it would not
-//!   fit; `descriptor.write` and `descriptor.set-size` are charged before the
-//!   real call and fail with ENOSPC. As for preview1 modules, every write is
-//!   charged in full, so the quota is never overshot.
+//! - Disk quota: as for preview1 modules, growth and new entries are
+//!   charged to the sandbox's [`DiskLedger`] before the real call, and a
+//!   charge that does not fit fails with ENOSPC. The file streams
+//!   `write-via-stream` and `append-via-stream` hand out are wrapped in
+//!   [`QuotaStream`], which charges each write the growth it causes and
+//!   fails it when that does not fit (wasi-libc reports a failed stream to
+//!   the program as EIO); `descriptor.write` and `descriptor.set-size` are
+//!   charged their growth; `open-at` with `create` of a missing file,
+//!   `create-directory-at`, `symlink-at` and `link-at` one entry each.
 //! - Sleeps: `poll` and `pollable.block` wait in slices, checking the exec
 //!   deadline and the client, because epoch interruption cannot reach a guest
 //!   blocked in a host call.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,6 +32,7 @@ use wasmtime_wasi_io::bindings::wasi::io::poll::{Host as _, HostPollable as _};
 
 use super::engine::LoadedRuntime;
 use super::guest::{GuestJob, Limited, RunStart, StopCheck, new_store, park};
+use super::quota::{DIR_BYTES, DiskLedger};
 use crate::provider::{ExecOutput, ProviderError};
 
 /// The WASI version of the interfaces the shadows replace.
@@ -45,9 +47,8 @@ pub struct ComponentState {
     ctx: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
-    /// Bytes the guest may still add to the sandbox's files; shared with the
-    /// file streams it opened.
-    quota: Arc<AtomicU64>,
+    /// The sandbox's disk ledger, shared with the file streams it opened.
+    ledger: Arc<DiskLedger>,
     stop: StopCheck,
 }
 
@@ -81,16 +82,18 @@ pub fn add_to_linker(linker: &mut Linker<ComponentState>) -> wasmtime::Result<()
         "[method]descriptor.write-via-stream",
         |mut store: StoreContextMut<'_, ComponentState>, (fd, offset): (Resource<fs::Descriptor>, u64)| {
             let state = store.data_mut();
+            let size = size_of(state, &fd);
             let stream = state.filesystem().write_via_stream(fd, offset);
-            Ok((wrap_stream(state, stream)?,))
+            Ok((wrap_stream(state, stream, Some(offset), size)?,))
         },
     )?;
     fs_types.func_wrap(
         "[method]descriptor.append-via-stream",
         |mut store: StoreContextMut<'_, ComponentState>, (fd,): (Resource<fs::Descriptor>,)| {
             let state = store.data_mut();
+            let size = size_of(state, &fd);
             let stream = state.filesystem().append_via_stream(fd);
-            Ok((wrap_stream(state, stream)?,))
+            Ok((wrap_stream(state, stream, None, size)?,))
         },
     )?;
     fs_types.func_wrap(
@@ -98,21 +101,73 @@ pub fn add_to_linker(linker: &mut Linker<ComponentState>) -> wasmtime::Result<()
         |mut store: StoreContextMut<'_, ComponentState>,
          (fd, buffer, offset): (Resource<fs::Descriptor>, Vec<u8>, u64)| {
             let state = store.data_mut();
-            if !charge(&state.quota, buffer.len() as u64) {
-                return Ok((Err(fs::ErrorCode::InsufficientSpace),));
-            }
-            Ok((fs_result(state.filesystem().write(fd, buffer, offset))?,))
+            let growth = offset
+                .saturating_add(buffer.len() as u64)
+                .saturating_sub(size_of(state, &fd));
+            charged(state, growth, 0, |state| state.filesystem().write(fd, buffer, offset))
         },
     )?;
     fs_types.func_wrap(
         "[method]descriptor.set-size",
         |mut store: StoreContextMut<'_, ComponentState>, (fd, size): (Resource<fs::Descriptor>, u64)| {
             let state = store.data_mut();
-            // Growing a file by truncate is charged its full new size.
-            if !charge(&state.quota, size) {
-                return Ok((Err(fs::ErrorCode::InsufficientSpace),));
-            }
-            Ok((fs_result(state.filesystem().set_size(fd, size))?,))
+            let growth = size.saturating_sub(size_of(state, &fd));
+            charged(state, growth, 0, |state| state.filesystem().set_size(fd, size))
+        },
+    )?;
+    fs_types.func_wrap(
+        "[method]descriptor.open-at",
+        |mut store: StoreContextMut<'_, ComponentState>,
+         (fd, path_flags, path, open_flags, flags): (
+            Resource<fs::Descriptor>,
+            fs::PathFlags,
+            String,
+            fs::OpenFlags,
+            fs::DescriptorFlags,
+        )| {
+            let state = store.data_mut();
+            // Creating a file that does not exist yet adds an entry.
+            let new_entry = open_flags.contains(fs::OpenFlags::CREATE)
+                && matches!(
+                    fs_result(state.filesystem().stat_at(borrow(&fd), path_flags, path.clone())),
+                    Ok(Err(fs::ErrorCode::NoEntry))
+                );
+            charged(state, 0, u64::from(new_entry), |state| {
+                state.filesystem().open_at(fd, path_flags, path, open_flags, flags)
+            })
+        },
+    )?;
+    fs_types.func_wrap(
+        "[method]descriptor.create-directory-at",
+        |mut store: StoreContextMut<'_, ComponentState>, (fd, path): (Resource<fs::Descriptor>, String)| {
+            charged(store.data_mut(), DIR_BYTES, 1, |state| {
+                state.filesystem().create_directory_at(fd, path)
+            })
+        },
+    )?;
+    fs_types.func_wrap(
+        "[method]descriptor.symlink-at",
+        |mut store: StoreContextMut<'_, ComponentState>,
+         (fd, old_path, new_path): (Resource<fs::Descriptor>, String, String)| {
+            let bytes = old_path.len() as u64;
+            charged(store.data_mut(), bytes, 1, |state| {
+                state.filesystem().symlink_at(fd, old_path, new_path)
+            })
+        },
+    )?;
+    fs_types.func_wrap(
+        "[method]descriptor.link-at",
+        |mut store: StoreContextMut<'_, ComponentState>,
+         (fd, old_flags, old_path, new_fd, new_path): (
+            Resource<fs::Descriptor>,
+            fs::PathFlags,
+            String,
+            Resource<fs::Descriptor>,
+            String,
+        )| {
+            charged(store.data_mut(), 0, 1, |state| {
+                state.filesystem().link_at(fd, old_flags, old_path, new_fd, new_path)
+            })
         },
     )?;
 
@@ -170,10 +225,47 @@ fn fs_result<T>(result: wasmtime_wasi::p2::FsResult<T>) -> wasmtime::Result<Resu
     }
 }
 
-/// Replaces a new file stream in the table with one that charges the quota.
+/// Another handle on a borrowed descriptor, for a look before the real call.
+fn borrow(fd: &Resource<fs::Descriptor>) -> Resource<fs::Descriptor> {
+    Resource::new_borrow(fd.rep())
+}
+
+/// The size of the file `fd`, or 0 when it has none (the real call then
+/// decides what happens).
+fn size_of(state: &mut ComponentState, fd: &Resource<fs::Descriptor>) -> u64 {
+    match fs_result(state.filesystem().stat(borrow(fd))) {
+        Ok(Ok(stat)) if stat.type_ == fs::DescriptorType::RegularFile => stat.size,
+        _ => 0,
+    }
+}
+
+/// Charges the ledger, runs the real call, and gives the charge back if
+/// the call failed. ENOSPC when the charge does not fit.
+fn charged<T>(
+    state: &mut ComponentState,
+    bytes: u64,
+    entries: u64,
+    f: impl FnOnce(&mut ComponentState) -> wasmtime_wasi::p2::FsResult<T>,
+) -> wasmtime::Result<(Result<T, fs::ErrorCode>,)> {
+    let ledger = state.ledger.clone();
+    if (bytes, entries) != (0, 0) && ledger.charge(bytes, entries).is_err() {
+        return Ok((Err(fs::ErrorCode::InsufficientSpace),));
+    }
+    let result = fs_result(f(state))?;
+    if result.is_err() {
+        ledger.refund(bytes, entries);
+    }
+    Ok((result,))
+}
+
+/// Replaces a new file stream in the table with one that charges the
+/// ledger. `offset` is where it writes, None when it appends; `size` is the
+/// file's size now.
 fn wrap_stream(
     state: &mut ComponentState,
     stream: wasmtime_wasi::p2::FsResult<Resource<DynOutputStream>>,
+    offset: Option<u64>,
+    size: u64,
 ) -> wasmtime::Result<Result<Resource<DynOutputStream>, fs::ErrorCode>> {
     let stream = match fs_result(stream)? {
         Ok(stream) => stream,
@@ -183,22 +275,23 @@ fn wrap_stream(
     let inner = std::mem::replace(slot, Box::new(ClosedStream));
     *slot = Box::new(QuotaStream {
         inner,
-        quota: state.quota.clone(),
+        ledger: state.ledger.clone(),
+        position: offset,
+        size,
     });
     Ok(Ok(stream))
 }
 
-/// Takes `bytes` from the quota; false (and nothing taken) if they do not fit.
-fn charge(quota: &AtomicU64, bytes: u64) -> bool {
-    quota
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(bytes))
-        .is_ok()
-}
-
-/// A file's output stream that charges the sandbox's disk quota.
+/// A file's output stream that charges the sandbox's disk ledger the
+/// growth each write causes.
 struct QuotaStream {
     inner: DynOutputStream,
-    quota: Arc<AtomicU64>,
+    ledger: Arc<DiskLedger>,
+    /// Where the next write lands; None for an appending stream.
+    position: Option<u64>,
+    /// The file's size as far as this stream knows: what it had when the
+    /// stream opened, grown by the stream's own writes.
+    size: u64,
 }
 
 #[async_trait::async_trait]
@@ -209,14 +302,20 @@ impl Pollable for QuotaStream {
 }
 
 impl QuotaStream {
-    fn charge(&self, bytes: usize) -> StreamResult<()> {
-        if charge(&self.quota, bytes as u64) {
-            Ok(())
-        } else {
-            Err(StreamError::LastOperationFailed(wasmtime::Error::new(
+    fn charge(&mut self, bytes: usize) -> StreamResult<()> {
+        let start = self.position.unwrap_or(self.size);
+        let end = start.saturating_add(bytes as u64);
+        let growth = end.saturating_sub(self.size);
+        if self.ledger.charge(growth, 0).is_err() {
+            return Err(StreamError::LastOperationFailed(wasmtime::Error::new(
                 std::io::Error::from_raw_os_error(ENOSPC),
-            )))
+            )));
         }
+        self.size = self.size.max(end);
+        if let Some(position) = &mut self.position {
+            *position = end;
+        }
+        Ok(())
     }
 }
 
@@ -287,7 +386,7 @@ pub fn run(
         ctx: start.wasi.build(),
         table: ResourceTable::new(),
         limits: StoreLimitsBuilder::new().memory_size(job.memory_bytes).build(),
-        quota: Arc::new(AtomicU64::new(job.disk_remaining)),
+        ledger: job.ledger.clone(),
         stop: start.stop_check(&job),
     };
     let mut store = new_store(pre.engine(), state, job.fuel)?;

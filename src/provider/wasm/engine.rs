@@ -44,6 +44,8 @@ pub enum Program {
 
 pub struct WasmEngine {
     pub runtimes: HashMap<String, Arc<LoadedRuntime>>,
+    /// Optional runtimes whose image could not be loaded, and why.
+    pub unavailable: HashMap<String, String>,
     /// Whether instances come from the pooling allocator.
     pub pooling: bool,
     _ticker: EpochTicker,
@@ -160,15 +162,25 @@ impl WasmEngine {
                 Ok(loaded) => Ok(loaded),
                 // A runtime with a fallback still serves; one without fails
                 // the start.
-                Err(e) if def.fallback.is_some() && !options.strict => Err(format!("{e:#}")),
+                Err(e) if (def.fallback.is_some() || def.optional) && !options.strict => Err(format!("{e:#}")),
                 Err(e) => return Err(e.context(format!("cannot load runtime {}", def.name))),
             };
             programs.insert(manifest.name.clone(), loaded);
         }
         let mut runtimes = HashMap::new();
+        let mut unavailable = HashMap::new();
         for runtime in catalog.runtimes() {
             let (def, (program, mut mounts)) = match &programs[&runtime.wasm_image] {
                 Ok(loaded) => (runtime.clone(), loaded.clone()),
+                Err(reason) if runtime.fallback.is_none() => {
+                    tracing::warn!(
+                        "image {} is unavailable, so the commands of runtime {} cannot run: {reason}",
+                        runtime.wasm_image,
+                        runtime.name,
+                    );
+                    unavailable.insert(runtime.name.clone(), reason.clone());
+                    continue;
+                }
                 Err(reason) => {
                     let fallback = catalog
                         .runtimes()
@@ -196,6 +208,7 @@ impl WasmEngine {
         let ticker = EpochTicker::start(engine.clone());
         Ok(WasmEngine {
             runtimes,
+            unavailable,
             pooling,
             _ticker: ticker,
         })
@@ -309,9 +322,13 @@ async fn precompile_stdlib(program: &Program, dir: &Path, lib: &str, mounts: &[(
         memory_bytes: 1 << 30,
         fuel: u64::MAX,
         output_limit: 64 << 10,
-        disk_remaining: u64::MAX,
+        close_when_full: false,
+        stdout: Default::default(),
+        stderr: Default::default(),
+        ledger: super::quota::DiskLedger::unlimited(),
         stdin_stream: None,
         output: None,
+        cancel: Default::default(),
     };
     let result = super::guest::on_guest_thread(move || super::guest::run(&runtime, job)).await;
     match result {

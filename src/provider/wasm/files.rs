@@ -1,7 +1,7 @@
 //! File operations on a wasm sandbox's directory, through cap-std, so that
 //! no path or symlink can lead outside the sandbox root.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 
 use cap_std::fs::MetadataExt;
@@ -10,6 +10,7 @@ use std::path::Path;
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, OpenOptions};
 
+use super::quota::{DIR_BYTES, DiskLedger};
 use crate::provider::glob::wildcard_match;
 use crate::provider::{FileEntry, ProviderError};
 use crate::sandbox::path::SandboxPath;
@@ -42,76 +43,91 @@ pub fn io_error(path: &SandboxPath, e: io::Error) -> ProviderError {
     }
 }
 
-/// Bytes of file data under `dir`, never following symlinks.
-pub fn disk_usage(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for entry in entries.flatten() {
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.is_dir() {
-                stack.push(entry.path());
-            } else {
-                total += meta.len();
-            }
-        }
-    }
-    total
-}
-
-pub fn write(
-    root: &Dir,
-    path: &SandboxPath,
-    data: &[u8],
-    mode: u32,
-    quota: u64,
-    usage: u64,
-) -> Result<(), ProviderError> {
+/// Writes a file, creating its parents, charging the ledger the entries it
+/// adds and the growth of the file. `mode` keeps only permission bits: no
+/// setuid, setgid or sticky bit ever reaches the host.
+pub fn write(root: &Dir, path: &SandboxPath, data: &[u8], mode: u32, ledger: &DiskLedger) -> Result<(), ProviderError> {
     if path.is_root() {
         return Err(ProviderError::InvalidInput("cannot write to the sandbox root".into()));
     }
     let rel = path.relative();
-    let old_size = match root.symlink_metadata(&rel) {
+    let (old_size, new_file) = match root.symlink_metadata(&rel) {
         Ok(m) if m.is_dir() => return Err(ProviderError::InvalidInput(format!("{path} is a directory"))),
-        Ok(m) if m.is_file() => m.len(),
-        _ => 0,
+        Ok(m) => (m.len(), false),
+        Err(_) => (0, true),
     };
-    let new_usage = usage.saturating_sub(old_size) + data.len() as u64;
-    if new_usage > quota {
-        return Err(ProviderError::QuotaExceeded(format!(
-            "writing {} bytes to {path} would exceed the sandbox disk quota of {quota} bytes",
-            data.len()
-        )));
+    let missing_parents = path.parent().map_or(0, |parent| missing_dirs(root, &parent));
+    let bytes = (data.len() as u64)
+        .saturating_sub(old_size)
+        .saturating_add(missing_parents * DIR_BYTES);
+    let entries = missing_parents + u64::from(new_file);
+    ledger
+        .charge(bytes, entries)
+        .map_err(|over| ProviderError::QuotaExceeded(format!("writing {} bytes to {path}: {over}", data.len())))?;
+    let result = write_charged(root, path, data, mode);
+    if result.is_err() {
+        ledger.refund(bytes, entries);
     }
+    result
+}
+
+/// How many directories from `dir` up do not exist yet.
+fn missing_dirs(root: &Dir, dir: &SandboxPath) -> u64 {
+    let mut missing = 0;
+    let mut next = Some(dir.clone());
+    while let Some(dir) = next.filter(|p| !p.is_root()) {
+        if root.symlink_metadata(dir.relative()).is_ok() {
+            break;
+        }
+        missing += 1;
+        next = dir.parent();
+    }
+    missing
+}
+
+fn write_charged(root: &Dir, path: &SandboxPath, data: &[u8], mode: u32) -> Result<(), ProviderError> {
     if let Some(parent) = path.parent().filter(|p| !p.is_root()) {
         root.create_dir_all(parent.relative())
             .map_err(|e| io_error(&parent, e))?;
     }
     let mut opts = OpenOptions::new();
     opts.write(true).create(true).truncate(true);
-    let mut f = root.open_with(&rel, &opts).map_err(|e| io_error(path, e))?;
+    let mut f = root.open_with(path.relative(), &opts).map_err(|e| io_error(path, e))?;
     f.write_all(data).map_err(|e| io_error(path, e))?;
-    f.set_permissions(cap_std::fs::Permissions::from_std(std::fs::Permissions::from_mode(
-        mode,
-    )))
-    .map_err(|e| io_error(path, e))?;
+    f.set_permissions(permissions(mode)).map_err(|e| io_error(path, e))?;
     Ok(())
 }
 
+/// Permission bits only, whatever the client asked for.
+fn permissions(mode: u32) -> cap_std::fs::Permissions {
+    cap_std::fs::Permissions::from_std(std::fs::Permissions::from_mode(mode & 0o777))
+}
+
+/// Reads a whole file, refusing one above `limit` bytes. The read itself
+/// is bounded too: the file may grow while it is read.
 pub fn read(root: &Dir, path: &SandboxPath, limit: usize) -> Result<Vec<u8>, ProviderError> {
     let rel = path.relative();
-    let meta = root.metadata(&rel).map_err(|e| io_error(path, e))?;
+    let too_big = |len: u64| {
+        ProviderError::QuotaExceeded(format!(
+            "{path} is {len} bytes, above the download limit of {limit} bytes"
+        ))
+    };
+    let file = root.open(&rel).map_err(|e| io_error(path, e))?;
+    let meta = file.metadata().map_err(|e| io_error(path, e))?;
     if meta.is_dir() {
         return Err(ProviderError::InvalidInput(format!("{path} is a directory")));
     }
     if meta.len() > limit as u64 {
-        return Err(ProviderError::QuotaExceeded(format!(
-            "{path} is {} bytes, above the download limit of {limit} bytes",
-            meta.len()
-        )));
+        return Err(too_big(meta.len()));
     }
-    root.read(&rel).map_err(|e| io_error(path, e))
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    file.take(limit as u64 + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| io_error(path, e))?;
+    if data.len() > limit {
+        return Err(too_big(data.len() as u64));
+    }
+    Ok(data)
 }
 
 pub fn delete(root: &Dir, path: &SandboxPath, recursive: bool) -> Result<(), ProviderError> {
@@ -175,12 +191,16 @@ pub fn list(root: &Dir, path: &SandboxPath) -> Result<Vec<FileEntry>, ProviderEr
     Ok(out)
 }
 
-pub fn rename(root: &Dir, from: &SandboxPath, to: &SandboxPath) -> Result<(), ProviderError> {
+pub fn rename(root: &Dir, from: &SandboxPath, to: &SandboxPath, ledger: &DiskLedger) -> Result<(), ProviderError> {
     if from.is_root() || to.is_root() {
         return Err(ProviderError::InvalidInput("cannot move the sandbox root".into()));
     }
     root.symlink_metadata(from.relative()).map_err(|e| io_error(from, e))?;
     if let Some(parent) = to.parent().filter(|p| !p.is_root()) {
+        let missing = missing_dirs(root, &parent);
+        ledger
+            .charge(missing * DIR_BYTES, missing)
+            .map_err(|over| ProviderError::QuotaExceeded(format!("moving {from} to {to}: {over}")))?;
         root.create_dir_all(parent.relative())
             .map_err(|e| io_error(&parent, e))?;
     }
@@ -188,12 +208,10 @@ pub fn rename(root: &Dir, from: &SandboxPath, to: &SandboxPath) -> Result<(), Pr
         .map_err(|e| io_error(to, e))
 }
 
+/// Sets permission bits only: no setuid, setgid or sticky bit.
 pub fn chmod(root: &Dir, path: &SandboxPath, mode: u32) -> Result<(), ProviderError> {
-    root.set_permissions(
-        path.relative(),
-        cap_std::fs::Permissions::from_std(std::fs::Permissions::from_mode(mode)),
-    )
-    .map_err(|e| io_error(path, e))
+    root.set_permissions(path.relative(), permissions(mode))
+        .map_err(|e| io_error(path, e))
 }
 
 /// Sandbox paths matching `pattern` (`*`, `?`, `[...]`, and `**` for any

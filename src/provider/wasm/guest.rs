@@ -3,20 +3,25 @@
 //! output. Nothing survives the run but the files it wrote.
 //!
 //! Disk quota: wasmtime-wasi has no quota hook, so the linker shadows the
-//! preview1 functions that add file data (`fd_write`, `fd_pwrite`,
-//! `fd_filestat_set_size`) with wrappers that charge the bytes against the
-//! sandbox's remaining quota before calling the real implementation, and
-//! answer ENOSPC when they would not fit. Usage is measured before each run
-//! and every write during the run is charged in full, even when it overwrites
-//! existing bytes, so a guest can never overshoot the quota; the price is that
-//! one run that rewrites the same file many times may see ENOSPC early.
+//! preview1 functions that make files grow or add entries with wrappers
+//! that charge the sandbox's [`DiskLedger`] before calling the real
+//! implementation, and answer ENOSPC when the charge does not fit:
+//! - `fd_write`, `fd_pwrite`, `fd_allocate` and `fd_filestat_set_size` are
+//!   charged the growth of the file's size they cause (so a write far past
+//!   the end of a file is charged the whole hole it makes);
+//! - `path_open` with `O_CREAT` of a missing file, `path_create_directory`,
+//!   `path_symlink` and `path_link` are charged one entry each.
+//!
+//! A charge for a call that then fails is given back.
 
 use std::any::Any;
 use std::cell::RefCell;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
 use wasmtime::{
     AsContextMut, Caller, Engine, Extern, InstancePre, Linker, Store, StoreLimits, StoreLimitsBuilder, Trap,
     UpdateDeadline,
@@ -30,12 +35,21 @@ use wiggle::GuestMemory;
 
 use super::component;
 use super::engine::{GUEST_THREAD_STACK, LoadedRuntime, Program};
-use super::pipe::CapturePipe;
+use super::pipe::{CapturePipe, FileSink};
+use super::quota::{DIR_BYTES, DiskLedger};
 use crate::provider::{ExecOutput, OutputChunk, ProviderError, StreamKind};
 
 const WASI: &str = "wasi_snapshot_preview1";
+/// `__WASI_ERRNO_NOENT`.
+const ERRNO_NOENT: i32 = 44;
 /// `__WASI_ERRNO_NOSPC`.
 const ERRNO_NOSPC: i32 = 51;
+/// `__WASI_OFLAGS_CREAT`.
+const OFLAGS_CREAT: i32 = 1;
+/// `__WASI_FDFLAGS_APPEND`.
+const FDFLAGS_APPEND: u16 = 1;
+/// `__WASI_FILETYPE_REGULAR_FILE`.
+const FILETYPE_REGULAR_FILE: u8 = 4;
 
 pub struct GuestState {
     wasi: WasiP1Ctx,
@@ -51,6 +65,8 @@ pub struct StopCheck {
     pub deadline: Instant,
     /// The live output channel, whose closing means the client left.
     pub output: Option<UnboundedSender<OutputChunk>>,
+    /// Cancelled when the client left.
+    pub cancel: CancellationToken,
 }
 
 impl StopCheck {
@@ -58,7 +74,7 @@ impl StopCheck {
     pub fn must_stop(&self) -> Option<wasmtime::Error> {
         if Instant::now() >= self.deadline {
             Some(wasmtime::Error::new(DeadlineReached))
-        } else if self.output.as_ref().is_some_and(|tx| tx.is_closed()) {
+        } else if self.cancel.is_cancelled() || self.output.as_ref().is_some_and(|tx| tx.is_closed()) {
             Some(wasmtime::Error::new(ClientGone))
         } else {
             None
@@ -67,7 +83,7 @@ impl StopCheck {
 }
 
 struct Quota {
-    remaining: u64,
+    ledger: Arc<DiskLedger>,
     /// Once the guest moves a file onto fd 0-2, every fd is charged.
     stdio_replaced: bool,
 }
@@ -159,9 +175,16 @@ pub struct RunStart {
 impl RunStart {
     pub fn new(runtime: &LoadedRuntime, job: &mut GuestJob) -> Result<RunStart, ProviderError> {
         let started = Instant::now();
-        let stdout = CapturePipe::new(job.output_limit).tee(job.output.clone(), StreamKind::Stdout);
+        let stdout = CapturePipe::new(job.output_limit)
+            .tee(job.output.clone(), StreamKind::Stdout)
+            .close_when_full(job.close_when_full);
         let stderr = CapturePipe::new(job.output_limit).tee(job.output.clone(), StreamKind::Stderr);
-        let wasi = wasi_builder(runtime, job, &stdout, &stderr)?;
+        let stop = StopCheck {
+            deadline: started + job.timeout,
+            output: job.output.clone(),
+            cancel: job.cancel.clone(),
+        };
+        let wasi = wasi_builder(runtime, job, &stdout, &stderr, &stop)?;
         Ok(RunStart {
             started,
             stdout,
@@ -175,13 +198,19 @@ impl RunStart {
         StopCheck {
             deadline: self.started + job.timeout,
             output: job.output.clone(),
+            cancel: job.cancel.clone(),
         }
     }
 
-    /// Turns how the run ended into the exec's result.
     /// Turns how the run ended into the exec's result: exit codes, limits
     /// (with the output so far) and crashes.
     pub fn finish(&self, result: wasmtime::Result<()>, job: &GuestJob) -> Result<ExecOutput, ProviderError> {
+        let timed_out = |output: ExecOutput| {
+            Err(ProviderError::Timeout {
+                timeout: job.timeout,
+                partial: Box::new(output),
+            })
+        };
         let (out, out_truncated) = self.stdout.take();
         let (err, err_truncated) = self.stderr.take();
         let mut output = ExecOutput {
@@ -192,19 +221,21 @@ impl RunStart {
             duration: self.started.elapsed(),
             trap: None,
         };
-        let Err(error) = result else { return Ok(output) };
+        let past_deadline = Instant::now() >= self.started + job.timeout;
+        let Err(error) = result else {
+            return if past_deadline { timed_out(output) } else { Ok(output) };
+        };
         if let Some(exit) = error.downcast_ref::<I32Exit>() {
             output.exit_code = exit.0;
-            return Ok(output);
+            // A guest woken at its deadline (its input ended there) may exit
+            // before the next deadline check: it still ran out of time.
+            return if past_deadline { timed_out(output) } else { Ok(output) };
         }
         if error.downcast_ref::<ClientGone>().is_some() {
             return Err(ProviderError::Cancelled);
         }
         if error.downcast_ref::<DeadlineReached>().is_some() {
-            return Err(ProviderError::Timeout {
-                timeout: job.timeout,
-                partial: Box::new(output),
-            });
+            return timed_out(output);
         }
         match error.downcast_ref::<Trap>() {
             Some(Trap::OutOfFuel) => Err(ProviderError::FuelExhausted {
@@ -250,6 +281,43 @@ impl RunStart {
     }
 }
 
+/// A guest's live standard input that ends in an error at the exec's
+/// deadline or when the client leaves: a guest blocked reading it is in a
+/// host call, where epoch interruption cannot reach it.
+struct StoppableInput {
+    inner: Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    cancelled: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+}
+
+impl StoppableInput {
+    fn new(inner: Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>, stop: &StopCheck) -> Self {
+        StoppableInput {
+            inner,
+            deadline: Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(stop.deadline))),
+            cancelled: Box::pin(stop.cancel.clone().cancelled_owned()),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for StoppableInput {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::future::Future;
+        let stopped = self.deadline.as_mut().poll(cx).is_ready() || self.cancelled.as_mut().poll(cx).is_ready();
+        if stopped {
+            return std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the exec was stopped",
+            )));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
 /// Marks the error that stops a guest at its deadline.
 #[derive(Debug, thiserror::Error)]
 #[error("the exec deadline was reached")]
@@ -273,13 +341,11 @@ pub fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
          iovs_len: i32,
          nwritten: i32|
          -> wasmtime::Result<i32> {
-            if counted(&caller, fd) {
-                let bytes = iov_total(&mut caller, iovs, iovs_len);
-                if !charge(&mut caller, bytes) {
-                    return Ok(ERRNO_NOSPC);
-                }
-            }
-            call_real(&mut caller, |ctx, mem| {
+            let growth = match iov_total(&mut caller, iovs, iovs_len) {
+                Some(bytes) if counted(&caller, fd) => file_growth(&mut caller, fd, None, bytes)?,
+                _ => 0,
+            };
+            charged(&mut caller, growth, 0, |ctx, mem| {
                 in_tokio(wasi1::fd_write(ctx, mem, fd, iovs, iovs_len, nwritten))
             })
         },
@@ -294,13 +360,11 @@ pub fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
          offset: i64,
          nwritten: i32|
          -> wasmtime::Result<i32> {
-            if counted(&caller, fd) {
-                let bytes = iov_total(&mut caller, iovs, iovs_len);
-                if !charge(&mut caller, bytes) {
-                    return Ok(ERRNO_NOSPC);
-                }
-            }
-            call_real(&mut caller, |ctx, mem| {
+            let growth = match iov_total(&mut caller, iovs, iovs_len) {
+                Some(bytes) if counted(&caller, fd) => file_growth(&mut caller, fd, Some(offset as u64), bytes)?,
+                _ => 0,
+            };
+            charged(&mut caller, growth, 0, |ctx, mem| {
                 in_tokio(wasi1::fd_pwrite(ctx, mem, fd, iovs, iovs_len, offset, nwritten))
             })
         },
@@ -309,12 +373,102 @@ pub fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
         WASI,
         "fd_filestat_set_size",
         |mut caller: Caller<'_, GuestState>, fd: i32, size: i64| -> wasmtime::Result<i32> {
-            // Extending a file by truncate is charged its full new size.
-            if !charge(&mut caller, Some(size.max(0) as u64)) {
-                return Ok(ERRNO_NOSPC);
-            }
-            call_real(&mut caller, |ctx, mem| {
+            let growth = file_growth(&mut caller, fd, Some(0), size as u64)?;
+            charged(&mut caller, growth, 0, |ctx, mem| {
                 in_tokio(wasi1::fd_filestat_set_size(ctx, mem, fd, size))
+            })
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "fd_allocate",
+        |mut caller: Caller<'_, GuestState>, fd: i32, offset: i64, len: i64| -> wasmtime::Result<i32> {
+            let growth = file_growth(&mut caller, fd, Some(offset as u64), len as u64)?;
+            charged(&mut caller, growth, 0, |ctx, mem| {
+                Ok(wasi1::fd_allocate(ctx, mem, fd, offset, len))
+            })
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "path_open",
+        |mut caller: Caller<'_, GuestState>,
+         dirfd: i32,
+         dirflags: i32,
+         path: i32,
+         path_len: i32,
+         oflags: i32,
+         rights_base: i64,
+         rights_inheriting: i64,
+         fdflags: i32,
+         opened: i32|
+         -> wasmtime::Result<i32> {
+            // Creating a file that does not exist yet adds an entry.
+            let new_entry = oflags & OFLAGS_CREAT != 0 && {
+                let (errno, _) = with_scratch::<64>(&mut caller, |ctx, mem, at| {
+                    in_tokio(wasi1::path_filestat_get(ctx, mem, dirfd, dirflags, path, path_len, at))
+                })?;
+                errno == ERRNO_NOENT
+            };
+            charged(&mut caller, 0, u64::from(new_entry), |ctx, mem| {
+                in_tokio(wasi1::path_open(
+                    ctx,
+                    mem,
+                    dirfd,
+                    dirflags,
+                    path,
+                    path_len,
+                    oflags,
+                    rights_base,
+                    rights_inheriting,
+                    fdflags,
+                    opened,
+                ))
+            })
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "path_create_directory",
+        |mut caller: Caller<'_, GuestState>, dirfd: i32, path: i32, path_len: i32| -> wasmtime::Result<i32> {
+            charged(&mut caller, DIR_BYTES, 1, |ctx, mem| {
+                in_tokio(wasi1::path_create_directory(ctx, mem, dirfd, path, path_len))
+            })
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "path_symlink",
+        |mut caller: Caller<'_, GuestState>,
+         old_path: i32,
+         old_len: i32,
+         dirfd: i32,
+         new_path: i32,
+         new_len: i32|
+         -> wasmtime::Result<i32> {
+            charged(&mut caller, u64::from(old_len as u32), 1, |ctx, mem| {
+                in_tokio(wasi1::path_symlink(
+                    ctx, mem, old_path, old_len, dirfd, new_path, new_len,
+                ))
+            })
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "path_link",
+        |mut caller: Caller<'_, GuestState>,
+         old_fd: i32,
+         old_flags: i32,
+         old_path: i32,
+         old_len: i32,
+         new_fd: i32,
+         new_path: i32,
+         new_len: i32|
+         -> wasmtime::Result<i32> {
+            charged(&mut caller, 0, 1, |ctx, mem| {
+                in_tokio(wasi1::path_link(
+                    ctx, mem, old_fd, old_flags, old_path, old_len, new_fd, new_path, new_len,
+                ))
             })
         },
     )?;
@@ -473,17 +627,84 @@ fn counted(caller: &Caller<'_, GuestState>, fd: i32) -> bool {
     !(1..=2).contains(&fd) || caller.data().quota.stdio_replaced
 }
 
-/// Charges `bytes` against the quota; false (and nothing charged) if they do
-/// not fit. Unknown sizes (a bad iovec) are left to the real function, which
-/// fails them.
-fn charge(caller: &mut Caller<'_, GuestState>, bytes: Option<u64>) -> bool {
-    let Some(bytes) = bytes else { return true };
-    let quota = &mut caller.data_mut().quota;
-    if bytes > quota.remaining {
-        return false;
+/// Charges the ledger, runs the real call, and gives the charge back if
+/// the call failed. ENOSPC when the charge does not fit.
+fn charged(
+    caller: &mut Caller<'_, GuestState>,
+    bytes: u64,
+    entries: u64,
+    f: impl FnOnce(&mut WasiP1Ctx, &mut GuestMemory<'_>) -> wasmtime::Result<wasmtime::Result<i32>>,
+) -> wasmtime::Result<i32> {
+    let ledger = caller.data().quota.ledger.clone();
+    if (bytes, entries) != (0, 0) && ledger.charge(bytes, entries).is_err() {
+        return Ok(ERRNO_NOSPC);
     }
-    quota.remaining -= bytes;
-    true
+    let errno = call_real(caller, f)?;
+    if errno != 0 {
+        ledger.refund(bytes, entries);
+    }
+    Ok(errno)
+}
+
+/// How much writing `bytes` to the regular file `fd` grows it: at `offset`
+/// for a positioned write, else at its current position (or its end in
+/// append mode). Zero for anything that is not a regular file; the whole
+/// extent when the file cannot be examined (the real call then fails).
+fn file_growth(caller: &mut Caller<'_, GuestState>, fd: i32, offset: Option<u64>, bytes: u64) -> wasmtime::Result<u64> {
+    let end = |start: u64| start.saturating_add(bytes);
+    let (errno, stat) = with_scratch::<64>(caller, |ctx, mem, at| {
+        in_tokio(wasi1::fd_filestat_get(ctx, mem, fd, at))
+    })?;
+    if errno != 0 {
+        return Ok(end(offset.unwrap_or(0)));
+    }
+    if stat[16] != FILETYPE_REGULAR_FILE {
+        return Ok(0);
+    }
+    let size = u64::from_le_bytes(stat[32..40].try_into().expect("8 bytes"));
+    let start = match offset {
+        Some(offset) => offset,
+        None => {
+            let (errno, fdstat) =
+                with_scratch::<24>(caller, |ctx, mem, at| in_tokio(wasi1::fd_fdstat_get(ctx, mem, fd, at)))?;
+            let flags = u16::from_le_bytes([fdstat[2], fdstat[3]]);
+            if errno == 0 && flags & FDFLAGS_APPEND != 0 {
+                size
+            } else {
+                let (errno, tell) = with_scratch::<8>(caller, |ctx, mem, at| Ok(wasi1::fd_tell(ctx, mem, fd, at)))?;
+                if errno != 0 {
+                    return Ok(end(size));
+                }
+                u64::from_le_bytes(tell)
+            }
+        }
+    };
+    Ok(end(start).saturating_sub(size))
+}
+
+/// Calls a real preview1 function that writes its result into guest
+/// memory, lending it the first `N` bytes of the guest's memory and putting
+/// back what they held. Returns the errno and what the call wrote.
+fn with_scratch<const N: usize>(
+    caller: &mut Caller<'_, GuestState>,
+    f: impl FnOnce(&mut WasiP1Ctx, &mut GuestMemory<'_>, i32) -> wasmtime::Result<wasmtime::Result<i32>>,
+) -> wasmtime::Result<(i32, [u8; N])> {
+    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+        return Err(wasmtime::Error::msg("missing required memory export"));
+    };
+    let Some(saved) = memory
+        .data(&caller)
+        .get(..N)
+        .map(|b| <[u8; N]>::try_from(b).expect("N bytes"))
+    else {
+        // A memory this small holds nothing to write to a file.
+        return Ok((ERRNO_NOSPC, [0; N]));
+    };
+    let errno = call_real(caller, |ctx, mem| f(ctx, mem, 0))?;
+    let data = memory.data_mut(&mut *caller);
+    let written = <[u8; N]>::try_from(&data[..N]).expect("N bytes");
+    data[..N].copy_from_slice(&saved);
+    Ok((errno, written))
 }
 
 /// Sum of the lengths of an iovec array in guest memory.
@@ -502,6 +723,18 @@ fn iov_total(caller: &mut Caller<'_, GuestState>, iovs: i32, iovs_len: i32) -> O
     )
 }
 
+/// Where one of a guest's output streams goes.
+#[derive(Default)]
+pub enum GuestOut {
+    /// Kept (up to `output_limit`) for the exec's result or a pipe.
+    #[default]
+    Capture,
+    /// Written to this file as it comes, charged to the disk ledger.
+    File(std::fs::File),
+    /// Dropped.
+    Discard,
+}
+
 /// Everything one run needs; built by the provider from the exec request.
 pub struct GuestJob {
     pub argv: Vec<String>,
@@ -512,11 +745,19 @@ pub struct GuestJob {
     pub memory_bytes: usize,
     pub fuel: u64,
     pub output_limit: usize,
-    pub disk_remaining: u64,
+    /// Fail stdout writes once `output_limit` is reached (a pipe).
+    pub close_when_full: bool,
+    /// Where stdout and stderr go.
+    pub stdout: GuestOut,
+    pub stderr: GuestOut,
+    /// The sandbox's disk ledger, held by the caller for the run.
+    pub ledger: Arc<DiskLedger>,
     /// Live stdin, read while the guest runs (replaces `stdin`).
     pub stdin_stream: Option<Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>>,
     /// Live output, sent as the guest writes.
     pub output: Option<UnboundedSender<OutputChunk>>,
+    /// Cancelled when the client left.
+    pub cancel: CancellationToken,
 }
 
 /// Runs one guest to completion on the current (blocking) thread.
@@ -535,17 +776,26 @@ fn wasi_builder(
     job: &mut GuestJob,
     stdout: &CapturePipe,
     stderr: &CapturePipe,
+    stop: &StopCheck,
 ) -> Result<WasiCtxBuilder, ProviderError> {
     let mut builder = WasiCtxBuilder::new();
     match job.stdin_stream.take() {
-        Some(stream) => builder.stdin(AsyncStdinStream::new(stream)),
+        Some(stream) => builder.stdin(AsyncStdinStream::new(StoppableInput::new(stream, stop))),
         None => builder.stdin(MemoryInputPipe::new(std::mem::take(&mut job.stdin))),
+    };
+    match std::mem::take(&mut job.stdout) {
+        GuestOut::Capture => builder.stdout(stdout.clone()),
+        GuestOut::File(file) => builder.stdout(FileSink::new(file, job.ledger.clone())),
+        GuestOut::Discard => builder.stdout(CapturePipe::discard()),
+    };
+    match std::mem::take(&mut job.stderr) {
+        GuestOut::Capture => builder.stderr(stderr.clone()),
+        GuestOut::File(file) => builder.stderr(FileSink::new(file, job.ledger.clone())),
+        GuestOut::Discard => builder.stderr(CapturePipe::discard()),
     };
     builder
         .args(&job.argv)
         .envs(&job.env)
-        .stdout(stdout.clone())
-        .stderr(stderr.clone())
         .allow_blocking_current_thread(true)
         .preopened_dir(&job.sandbox_dir, "/", FsPerms::ReadWrite)
         .map_err(|e| ProviderError::Internal(anyhow::Error::from(e).context("cannot preopen the sandbox directory")))?;
@@ -570,7 +820,7 @@ fn run_module(
             .instances(1)
             .build(),
         quota: Quota {
-            remaining: job.disk_remaining,
+            ledger: job.ledger.clone(),
             stdio_replaced: false,
         },
         stop: start.stop_check(&job),

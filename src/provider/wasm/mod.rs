@@ -7,17 +7,19 @@ mod engine;
 mod files;
 mod guest;
 mod pipe;
+mod quota;
 mod shell;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use tokio::sync::Semaphore;
 
 use self::engine::{LoadOptions, LoadedRuntime, PoolSize, WasmEngine};
 use self::guest::GuestJob;
+use self::quota::DiskLedger;
 use super::{
     Capabilities, ExecIo, ExecMode, ExecOutput, ExecSpec, FileEntry, OutputChunk, Provider, ProviderError,
     ProviderStatus, SandboxStats, StreamKind,
@@ -38,10 +40,15 @@ pub struct WasmProvider {
     catalog: Catalog,
     sandboxes_dir: PathBuf,
     disk_quota: u64,
+    max_entries: u64,
+    /// Each sandbox's disk ledger, shared by its execs and file operations.
+    ledgers: Mutex<HashMap<String, Arc<DiskLedger>>>,
     fuel: u64,
     output_limit: usize,
     file_limit: usize,
-    /// Bounds the guests running at once; each holds a blocking thread.
+    /// Bounds the guests running at once: a slot is taken before a guest
+    /// thread starts, and the thread gives it back when it ends, so the
+    /// number of guest threads never exceeds `exec.max_concurrent`.
     slots: Arc<Semaphore>,
 }
 
@@ -60,6 +67,8 @@ impl WasmProvider {
             catalog,
             sandboxes_dir,
             disk_quota: settings.disk_quota_bytes(),
+            max_entries: settings.sandbox.max_entries,
+            ledgers: Mutex::default(),
             fuel: settings.exec.fuel,
             output_limit: settings.exec.output_limit_bytes,
             file_limit: settings.http.file_limit_bytes.max(settings.http.body_limit_bytes),
@@ -71,16 +80,41 @@ impl WasmProvider {
         self.sandboxes_dir.join(sandbox.id.as_str())
     }
 
+    /// The sandbox's disk ledger.
+    fn ledger(&self, sandbox: &Sandbox) -> Arc<DiskLedger> {
+        let mut ledgers = self.ledgers.lock().unwrap_or_else(|e| e.into_inner());
+        ledgers
+            .entry(sandbox.id.as_str().to_string())
+            .or_insert_with(|| DiskLedger::new(self.disk_quota, self.max_entries))
+            .clone()
+    }
+
     /// Runs a blocking file operation on the sandbox's root directory.
     async fn with_root<T: Send + 'static>(
         &self,
         sandbox: &Sandbox,
-        op: impl FnOnce(&cap_std::fs::Dir, &Path) -> Result<T, ProviderError> + Send + 'static,
+        op: impl FnOnce(&cap_std::fs::Dir) -> Result<T, ProviderError> + Send + 'static,
     ) -> Result<T, ProviderError> {
         let dir = self.dir(sandbox);
         tokio::task::spawn_blocking(move || {
             let root = files::open_root(&dir)?;
-            op(&root, &dir)
+            op(&root)
+        })
+        .await
+        .map_err(|e| ProviderError::Internal(e.into()))?
+    }
+
+    /// Like [`Self::with_root`], holding the sandbox's disk ledger.
+    async fn with_ledger<T: Send + 'static>(
+        &self,
+        sandbox: &Sandbox,
+        op: impl FnOnce(&cap_std::fs::Dir, &DiskLedger) -> Result<T, ProviderError> + Send + 'static,
+    ) -> Result<T, ProviderError> {
+        let (dir, ledger) = (self.dir(sandbox), self.ledger(sandbox));
+        tokio::task::spawn_blocking(move || {
+            let root = files::open_root(&dir)?;
+            let held = ledger.begin(&dir);
+            op(&root, &held)
         })
         .await
         .map_err(|e| ProviderError::Internal(e.into()))?
@@ -99,13 +133,22 @@ impl WasmProvider {
             return Err(ProviderError::InvalidInput("command is empty".into()));
         }
         let home = self.home_runtime(sandbox);
-        let Some((runtime, mut guest_argv)) = resolve_runtime(&self.catalog, &self.engine, program, home.as_deref())
-        else {
-            return Ok(Err(ExecOutput {
-                exit_code: 127,
-                stderr: format!("sh: {program}: command not found\n").into_bytes(),
-                ..ExecOutput::default()
-            }));
+        let (runtime, mut guest_argv) = match resolve_runtime(&self.catalog, &self.engine, program, home.as_deref()) {
+            Resolved::Runtime(runtime, argv) => (runtime, argv),
+            Resolved::Unavailable(why) => {
+                return Ok(Err(ExecOutput {
+                    exit_code: 127,
+                    stderr: format!("sh: {why}\n").into_bytes(),
+                    ..ExecOutput::default()
+                }));
+            }
+            Resolved::NotFound => {
+                return Ok(Err(ExecOutput {
+                    exit_code: 127,
+                    stderr: format!("sh: {program}: command not found\n").into_bytes(),
+                    ..ExecOutput::default()
+                }));
+            }
         };
         guest_argv.extend(spec.args.iter().cloned());
         Ok(Ok((runtime, guest_argv)))
@@ -137,19 +180,24 @@ impl WasmProvider {
         env
     }
 
-    /// Runs `f`, which runs guests, once one of the `exec.max_concurrent`
-    /// slots is free.
+    /// Runs `f`, which runs guests, on a guest thread once one of the
+    /// `exec.max_concurrent` slots is free. The thread holds the slot, so a
+    /// client that leaves frees it only when the guest has stopped.
     async fn run_guest<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> Result<T, ProviderError> + Send + 'static,
     ) -> Result<T, ProviderError> {
-        let _slot = self
+        let slot = self
             .slots
             .clone()
             .acquire_owned()
             .await
             .map_err(|e| ProviderError::Internal(e.into()))?;
-        guest::on_guest_thread(f).await
+        guest::on_guest_thread(move || {
+            let _slot = slot;
+            f()
+        })
+        .await
     }
 
     /// Runs a shell-mode command line in the stacyvm shell.
@@ -176,7 +224,8 @@ impl WasmProvider {
             memory_bytes: (sandbox.memory_mb as usize) << 20,
             fuel: self.fuel,
             output_limit: self.output_limit,
-            disk_quota: self.disk_quota,
+            ledger: self.ledger(sandbox),
+            cancel: io.cancel,
             resolve: Box::new(move |command| resolve_runtime(&catalog, &engine, command, home.as_deref())),
         };
         self.run_guest(move || {
@@ -220,20 +269,40 @@ pub async fn prepare_images(settings: &Settings, catalog: &Catalog) -> anyhow::R
     Ok(lines)
 }
 
-/// The runtime a command word runs (preferring the sandbox's own, `home`)
-/// and the guest argv before the user's arguments: `argv0` and the
-/// runtime's prefix.
-fn resolve_runtime(
-    catalog: &Catalog,
-    engine: &WasmEngine,
-    command: &str,
-    home: Option<&str>,
-) -> Option<(Arc<LoadedRuntime>, Vec<String>)> {
-    let def = catalog.runtime_for_command(command, home)?;
-    let runtime = engine.runtimes.get(&def.name)?.clone();
-    let mut argv = vec![def.argv0.clone()];
+/// What a command word resolves to.
+pub enum Resolved {
+    /// The runtime, and the guest argv before the user's arguments:
+    /// `argv[0]` and the runtime's prefix.
+    Runtime(Arc<LoadedRuntime>, Vec<String>),
+    /// A runtime offers the command, but its image could not be loaded.
+    Unavailable(String),
+    NotFound,
+}
+
+/// Resolves a command word to the runtime that runs it, preferring the
+/// sandbox's own (`home`).
+fn resolve_runtime(catalog: &Catalog, engine: &WasmEngine, command: &str, home: Option<&str>) -> Resolved {
+    let Some(def) = catalog.runtime_for_command(command, home) else {
+        return Resolved::NotFound;
+    };
+    let Some(runtime) = engine.runtimes.get(&def.name) else {
+        let why = engine
+            .unavailable
+            .get(&def.name)
+            .map_or("it is not loaded", String::as_str);
+        return Resolved::Unavailable(format!(
+            "{command}: cannot run here: the {} image is unavailable on this server ({why})",
+            def.wasm_image
+        ));
+    };
+    let argv0 = if def.multicall {
+        command.rsplit('/').next().unwrap_or(command).to_string()
+    } else {
+        def.argv0.clone()
+    };
+    let mut argv = vec![argv0];
     argv.extend(def.argv_prefix.iter().cloned());
-    Some((runtime, argv))
+    Resolved::Runtime(runtime.clone(), argv)
 }
 
 #[async_trait]
@@ -283,6 +352,10 @@ impl Provider for WasmProvider {
     }
 
     async fn destroy(&self, sandbox: &Sandbox) -> Result<(), ProviderError> {
+        self.ledgers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(sandbox.id.as_str());
         let dir = self.dir(sandbox);
         tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
             // remove_dir_all never follows symlinks, so a link to / inside
@@ -340,7 +413,7 @@ impl Provider for WasmProvider {
         let dir = self.dir(sandbox);
         let workdir = spec.workdir.clone();
         let memory_bytes = (sandbox.memory_mb as usize) << 20;
-        let (fuel, output_limit, quota) = (self.fuel, self.output_limit, self.disk_quota);
+        let (fuel, output_limit, ledger) = (self.fuel, self.output_limit, self.ledger(sandbox));
         self.run_guest(move || {
             let root = files::open_root(&dir)?;
             Self::check_workdir(&root, &workdir)?;
@@ -350,7 +423,7 @@ impl Provider for WasmProvider {
                     env.insert(k.clone(), v.clone());
                 }
             }
-            let usage = files::disk_usage(&dir);
+            let held = ledger.begin(&dir);
             let job = GuestJob {
                 argv,
                 env: env.into_iter().collect(),
@@ -360,11 +433,17 @@ impl Provider for WasmProvider {
                 memory_bytes,
                 fuel,
                 output_limit,
-                disk_remaining: quota.saturating_sub(usage),
+                close_when_full: false,
+                stdout: Default::default(),
+                stderr: Default::default(),
+                ledger: ledger.clone(),
                 stdin_stream: io.stdin,
                 output: io.output,
+                cancel: io.cancel,
             };
-            guest::run(&runtime, job)
+            let result = guest::run(&runtime, job);
+            drop(held);
+            result
         })
         .await
     }
@@ -376,67 +455,67 @@ impl Provider for WasmProvider {
         data: Vec<u8>,
         mode: u32,
     ) -> Result<(), ProviderError> {
-        let (path, quota) = (path.clone(), self.disk_quota);
-        self.with_root(sandbox, move |root, dir| {
-            files::write(root, &path, &data, mode, quota, files::disk_usage(dir))
+        let path = path.clone();
+        self.with_ledger(sandbox, move |root, ledger| {
+            files::write(root, &path, &data, mode, ledger)
         })
         .await
     }
 
     async fn read_file(&self, sandbox: &Sandbox, path: &SandboxPath) -> Result<Vec<u8>, ProviderError> {
         let (path, limit) = (path.clone(), self.file_limit);
-        self.with_root(sandbox, move |root, _| files::read(root, &path, limit))
+        self.with_root(sandbox, move |root| files::read(root, &path, limit))
             .await
     }
 
     async fn delete_file(&self, sandbox: &Sandbox, path: &SandboxPath, recursive: bool) -> Result<(), ProviderError> {
         let path = path.clone();
-        self.with_root(sandbox, move |root, _| files::delete(root, &path, recursive))
+        self.with_root(sandbox, move |root| files::delete(root, &path, recursive))
             .await
     }
 
     async fn list_files(&self, sandbox: &Sandbox, path: &SandboxPath) -> Result<Vec<FileEntry>, ProviderError> {
         let path = path.clone();
-        self.with_root(sandbox, move |root, _| files::list(root, &path)).await
+        self.with_root(sandbox, move |root| files::list(root, &path)).await
     }
 
     async fn stat_file(&self, sandbox: &Sandbox, path: &SandboxPath) -> Result<FileEntry, ProviderError> {
         let path = path.clone();
-        self.with_root(sandbox, move |root, _| files::stat(root, &path)).await
+        self.with_root(sandbox, move |root| files::stat(root, &path)).await
     }
 
     async fn move_file(&self, sandbox: &Sandbox, from: &SandboxPath, to: &SandboxPath) -> Result<(), ProviderError> {
         let (from, to) = (from.clone(), to.clone());
-        self.with_root(sandbox, move |root, _| files::rename(root, &from, &to))
+        self.with_ledger(sandbox, move |root, ledger| files::rename(root, &from, &to, ledger))
             .await
     }
 
     async fn chmod_file(&self, sandbox: &Sandbox, path: &SandboxPath, mode: u32) -> Result<(), ProviderError> {
         let path = path.clone();
-        self.with_root(sandbox, move |root, _| files::chmod(root, &path, mode))
+        self.with_root(sandbox, move |root| files::chmod(root, &path, mode))
             .await
     }
 
     async fn glob(&self, sandbox: &Sandbox, pattern: &str) -> Result<Vec<String>, ProviderError> {
         let pattern = pattern.to_string();
-        self.with_root(sandbox, move |root, _| files::glob(root, &pattern))
-            .await
+        self.with_root(sandbox, move |root| files::glob(root, &pattern)).await
     }
 
     async fn stats(&self, sandbox: &Sandbox) -> Result<SandboxStats, ProviderError> {
         let limit = self.disk_quota;
         let mem_limit = sandbox.memory_mb << 20;
-        self.with_root(sandbox, move |_, dir| {
-            Ok(SandboxStats {
-                supported: true,
-                // An idle wasm sandbox runs nothing and holds no memory.
-                cpu_pct: Some(0.0),
-                mem_bytes: Some(0),
-                mem_limit_bytes: Some(mem_limit),
-                disk_bytes: Some(files::disk_usage(dir)),
-                disk_limit_bytes: Some(limit),
-            })
+        let dir = self.dir(sandbox);
+        tokio::task::spawn_blocking(move || SandboxStats {
+            supported: true,
+            // An idle wasm sandbox runs nothing and holds no memory.
+            cpu_pct: Some(0.0),
+            mem_bytes: Some(0),
+            mem_limit_bytes: Some(mem_limit),
+            // A tree that cannot be measured counts as full.
+            disk_bytes: Some(quota::measure(&dir).map_or(limit, |usage| usage.bytes)),
+            disk_limit_bytes: Some(limit),
         })
         .await
+        .map_err(|e| ProviderError::Internal(e.into()))
     }
 }

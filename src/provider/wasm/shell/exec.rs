@@ -1,6 +1,12 @@
 //! The interpreter: runs and-or lists, pipelines and simple commands,
-//! applying redirections, with builtins in-process and runtime commands as
-//! wasm guests.
+//! applying redirections, with builtins in-process and every other command
+//! as a wasm guest.
+//!
+//! Everything a script controls is bounded before it costs the host: the
+//! length of the command line and how deep it nests (so the parser's
+//! recursion is bounded), the size of every expanded word, argument list
+//! and the shell's variables, and the time (every command checks the
+//! deadline and whether the client is still there).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,19 +17,37 @@ use std::time::{Duration, Instant};
 
 use cap_std::fs::{Dir, OpenOptions};
 use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
 
-use super::io::{CmdIo, Disk, FileOut, In, Out, PIPE_LIMIT, PipeBuf, Sink, errno_text};
+use super::io::{CmdIo, FileOut, In, Out, PIPE_LIMIT, PipeBuf, Sink, errno_text};
 use super::syntax::{self, AndOrList, Connector, Param, Pipeline, RedirectTarget, Script, SimpleCommand};
 use super::{builtins, expand};
+use crate::provider::wasm::Resolved;
 use crate::provider::wasm::engine::LoadedRuntime;
 use crate::provider::wasm::files;
-use crate::provider::wasm::guest::{self, GuestJob};
+use crate::provider::wasm::guest::{self, GuestJob, GuestOut};
+use crate::provider::wasm::quota::{DiskLedger, LedgerUse};
 use crate::provider::{ExecOutput, OutputChunk, ProviderError, StreamKind};
 use crate::sandbox::path::SandboxPath;
 
+/// The longest command line the shell parses: far longer than any script
+/// written by hand or by an agent; bulk data belongs in files.
+pub const MAX_SCRIPT_BYTES: usize = 1 << 20;
+/// How deep brackets, braces and compound commands may nest. The parser
+/// recurses once per level; this keeps it far inside a guest thread's stack.
+pub const MAX_NESTING: usize = 100;
+/// The largest value one expanded word or variable may have.
+pub const MAX_WORD_BYTES: usize = 1 << 20;
+/// The most bytes and words one command's arguments may take after
+/// expansion, as `ARG_MAX` bounds a real `exec`.
+pub const MAX_ARGS_BYTES: usize = 4 << 20;
+pub const MAX_ARGS: usize = 1 << 16;
+/// The most the shell's variables may hold together.
+pub const MAX_VARS_BYTES: usize = 16 << 20;
+
 /// Finds the runtime a command word runs, and the guest argv that comes
 /// before the user's arguments (`argv0` and the runtime's prefix).
-pub type Resolver = Box<dyn Fn(&str) -> Option<(Arc<LoadedRuntime>, Vec<String>)> + Send>;
+pub type Resolver = Box<dyn Fn(&str) -> Resolved + Send>;
 
 /// Everything one shell run needs; built by the provider from the request.
 pub struct ShellJob {
@@ -41,7 +65,10 @@ pub struct ShellJob {
     pub memory_bytes: usize,
     pub fuel: u64,
     pub output_limit: usize,
-    pub disk_quota: u64,
+    /// The sandbox's disk ledger, held for the whole script.
+    pub ledger: Arc<DiskLedger>,
+    /// Cancelled when the client left.
+    pub cancel: CancellationToken,
     pub resolve: Resolver,
 }
 
@@ -70,15 +97,19 @@ pub struct Shell {
     pub root: Dir,
     pub cwd: SandboxPath,
     pub vars: BTreeMap<String, String>,
+    /// Bytes of all variable names and values, against [`MAX_VARS_BYTES`].
+    vars_bytes: usize,
     pub exported: BTreeSet<String>,
     /// Names set by the client or the script: kept over runtime defaults.
     pub user_set: BTreeSet<String>,
     pub status: i32,
     pub stdout: Sink,
     pub stderr: Sink,
-    pub disk: Disk,
+    ledger: Arc<DiskLedger>,
+    _held: LedgerUse,
     pub deadline: Instant,
     pub output: Option<UnboundedSender<OutputChunk>>,
+    cancel: CancellationToken,
     pub resolve: Resolver,
     /// The first failed write of the running builtin.
     pub write_error: Option<std::io::Error>,
@@ -97,18 +128,23 @@ pub struct Shell {
 pub fn run(job: ShellJob) -> Result<ExecOutput, ProviderError> {
     let started = Instant::now();
     let root = files::open_root(&job.sandbox_dir)?;
+    let held = job.ledger.begin(&job.sandbox_dir);
+    let vars_bytes = job.env.iter().map(|(k, v)| k.len() + v.len()).sum();
     let mut shell = Shell {
         root,
         cwd: job.cwd,
         exported: job.env.keys().cloned().collect(),
         vars: job.env,
+        vars_bytes,
         user_set: job.client_env,
         status: 0,
         stdout: Sink::new(job.output_limit, job.output.clone(), StreamKind::Stdout),
         stderr: Sink::new(job.output_limit, job.output.clone(), StreamKind::Stderr),
-        disk: Disk::new(job.sandbox_dir.clone(), job.disk_quota),
+        ledger: job.ledger,
+        _held: held,
         deadline: started + job.timeout,
         output: job.output,
+        cancel: job.cancel,
         resolve: job.resolve,
         write_error: None,
         sandbox_dir: job.sandbox_dir,
@@ -123,9 +159,9 @@ pub fn run(job: ShellJob) -> Result<ExecOutput, ProviderError> {
         truncated: false,
         trap: None,
     };
-    let status = match syntax::parse(&job.script) {
-        Err(e) => {
-            shell.stderr.push(format!("sh: 1: {e}\n").as_bytes());
+    let status = match parse_bounded(&job.script) {
+        Err(message) => {
+            shell.stderr.push(format!("sh: 1: {message}\n").as_bytes());
             2
         }
         Ok(script) => match shell.script(&script) {
@@ -135,6 +171,69 @@ pub fn run(job: ShellJob) -> Result<ExecOutput, ProviderError> {
         },
     };
     Ok(shell.finish(status))
+}
+
+/// Parses a command line that is short enough and nests shallowly enough
+/// for the parser to handle within its bounds.
+fn parse_bounded(script: &str) -> Result<Script, String> {
+    if script.len() > MAX_SCRIPT_BYTES {
+        return Err(format!(
+            "the command line is {} bytes, above the limit of {MAX_SCRIPT_BYTES}; put long scripts and data in files",
+            script.len()
+        ));
+    }
+    if nesting(script) > MAX_NESTING {
+        return Err(format!("the command line nests deeper than {MAX_NESTING} levels"));
+    }
+    syntax::parse(script).map_err(|e| e.to_string())
+}
+
+/// An upper bound on how deep the parser will recurse into `script`:
+/// brackets, braces, backquotes and compound-command keywords open a level,
+/// their closers end one; quoted text opens nothing.
+pub fn nesting(script: &str) -> usize {
+    const OPENERS: &[&str] = &["if", "case", "for", "while", "until", "select"];
+    const CLOSERS: &[&str] = &["fi", "esac", "done"];
+    let bytes = script.as_bytes();
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut in_double = false;
+    let mut i = 0;
+    let open = |depth: &mut usize, deepest: &mut usize| {
+        *depth += 1;
+        *deepest = (*deepest).max(*depth);
+    };
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'\\' => i += 1,
+            b'\'' if !in_double => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'\'' {
+                    i += 1;
+                }
+            }
+            b'"' => in_double = !in_double,
+            b'(' | b'{' | b'`' => open(&mut depth, &mut deepest),
+            b')' | b'}' => depth = depth.saturating_sub(1),
+            b'a'..=b'z' if !in_double && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric()) => {
+                let end = bytes[i..]
+                    .iter()
+                    .position(|c| !c.is_ascii_alphanumeric() && *c != b'_')
+                    .map_or(bytes.len(), |n| i + n);
+                let word = &script[i..end];
+                if OPENERS.contains(&word) {
+                    open(&mut depth, &mut deepest);
+                } else if CLOSERS.contains(&word) {
+                    depth = depth.saturating_sub(1);
+                }
+                i = end;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    deepest
 }
 
 impl Shell {
@@ -156,13 +255,20 @@ impl Shell {
 
     /// Stops at the deadline, or when the client has left.
     pub fn check_limits(&mut self) -> Flow<()> {
-        if self.output.as_ref().is_some_and(|tx| tx.is_closed()) {
+        if self.cancel.is_cancelled() || self.output.as_ref().is_some_and(|tx| tx.is_closed()) {
             return Err(Stop::Fail(ProviderError::Cancelled));
         }
         if Instant::now() >= self.deadline {
             return Err(self.timed_out());
         }
         Ok(())
+    }
+
+    /// Ends the script as sh ends it on an expansion error: with a message
+    /// and status 2.
+    fn over_limit(&mut self, message: &str) -> Stop {
+        self.stderr.push(format!("sh: 1: {message}\n").as_bytes());
+        Stop::Exit(2)
     }
 
     pub fn timed_out(&mut self) -> Stop {
@@ -216,9 +322,14 @@ impl Shell {
             status = if n > 1 {
                 // Every stage of a real pipeline runs in a subshell: cd,
                 // exit and assignments there do not reach the shell.
-                let saved = (self.cwd.clone(), self.vars.clone(), self.exported.clone());
+                let saved = (
+                    self.cwd.clone(),
+                    self.vars.clone(),
+                    self.vars_bytes,
+                    self.exported.clone(),
+                );
                 let result = self.simple(command, &io);
-                (self.cwd, self.vars, self.exported) = saved;
+                (self.cwd, self.vars, self.vars_bytes, self.exported) = saved;
                 match result {
                     Err(Stop::Exit(status)) => status,
                     other => other?,
@@ -246,12 +357,17 @@ impl Shell {
 
     fn simple(&mut self, command: &SimpleCommand, inherited: &CmdIo) -> Flow<i32> {
         let lookup = |p: &Param| self.param(p);
-        let assignments: Vec<(String, String)> = command
+        let assignments: Result<Vec<(String, String)>, String> = command
             .assignments
             .iter()
-            .map(|(name, value)| (name.clone(), expand::single(value, &lookup)))
+            .map(|(name, value)| Ok((name.clone(), expand::single(value, &lookup)?)))
             .collect();
-        let args = expand::arguments(&command.words, &lookup, &self.root, &self.cwd);
+        let expanded =
+            assignments.and_then(|a| Ok((a, expand::arguments(&command.words, &lookup, &self.root, &self.cwd)?)));
+        let (assignments, args) = match expanded {
+            Ok(expanded) => expanded,
+            Err(message) => return Err(self.over_limit(&message)),
+        };
         let io = match self.redirect(command, inherited) {
             Ok(io) => io,
             Err(message) => {
@@ -261,7 +377,7 @@ impl Shell {
         };
         if args.is_empty() {
             for (name, value) in assignments {
-                self.set_var(&name, value);
+                self.set_var(&name, value)?;
             }
             return Ok(0);
         }
@@ -277,17 +393,25 @@ impl Shell {
                 .iter()
                 .map(|(k, _)| (k.clone(), self.vars.get(k).cloned(), self.exported.contains(k)))
                 .collect();
+            let mut result = Ok(0);
             for (k, v) in assignments {
-                self.vars.insert(k.clone(), v.clone());
+                if let Err(stop) = self.store_var(k, v.clone()) {
+                    result = Err(stop);
+                    break;
+                }
                 self.exported.insert(k.clone());
             }
             self.write_error = None;
-            let result = builtin(self, args, io);
+            if result.is_ok() {
+                result = builtin(self, args, io);
+            }
             for (k, old, was_exported) in saved {
                 match old {
-                    Some(v) => self.vars.insert(k.clone(), v),
-                    None => self.vars.remove(&k),
-                };
+                    Some(v) => {
+                        self.store_var(&k, v).ok();
+                    }
+                    None => self.remove_var(&k),
+                }
                 if !was_exported {
                     self.exported.remove(&k);
                 }
@@ -300,19 +424,53 @@ impl Shell {
             }
             return Ok(status);
         }
-        let Some((runtime, prefix)) = (self.resolve)(name) else {
-            self.write_stderr(io, format!("sh: {name}: command not found\n").as_bytes());
-            return Ok(127);
+        let (runtime, prefix) = match (self.resolve)(name) {
+            Resolved::Runtime(runtime, prefix) => (runtime, prefix),
+            Resolved::Unavailable(why) => {
+                self.write_stderr(io, format!("sh: {why}\n").as_bytes());
+                return Ok(127);
+            }
+            Resolved::NotFound => {
+                self.write_stderr(io, format!("sh: {name}: command not found\n").as_bytes());
+                return Ok(127);
+            }
         };
         let mut argv = prefix;
         argv.extend(args[1..].iter().cloned());
         self.guest(&runtime, argv, assignments, io)
     }
 
-    /// Sets a shell variable; it stays exported if it was.
-    pub fn set_var(&mut self, name: &str, value: String) {
+    /// Sets a shell variable; it stays exported if it was. Ends the script
+    /// when the variables would outgrow [`MAX_VARS_BYTES`].
+    pub fn set_var(&mut self, name: &str, value: String) -> Flow<()> {
         self.user_set.insert(name.to_string());
+        self.store_var(name, value)
+    }
+
+    /// Removes a variable, which then no longer takes a runtime's default.
+    pub fn unset_var(&mut self, name: &str) {
+        self.remove_var(name);
+        self.exported.remove(name);
+        self.user_set.insert(name.to_string());
+    }
+
+    fn store_var(&mut self, name: &str, value: String) -> Flow<()> {
+        let old = self.vars.get(name).map_or(0, |v| name.len() + v.len());
+        let total = self.vars_bytes - old + name.len() + value.len();
+        if value.len() > MAX_WORD_BYTES || total > MAX_VARS_BYTES {
+            return Err(self.over_limit(&format!(
+                "{name}: the shell's variables would hold more than {MAX_VARS_BYTES} bytes, or this one more than {MAX_WORD_BYTES}"
+            )));
+        }
+        self.vars_bytes = total;
         self.vars.insert(name.to_string(), value);
+        Ok(())
+    }
+
+    fn remove_var(&mut self, name: &str) {
+        if let Some(old) = self.vars.remove(name) {
+            self.vars_bytes -= name.len() + old.len();
+        }
     }
 
     /// The environment a program sees: exported variables, plus the
@@ -352,19 +510,32 @@ impl Shell {
                     continue;
                 }
                 RedirectTarget::Read(w) | RedirectTarget::Write(w) | RedirectTarget::Append(w) => {
-                    expand::single(w, &lookup)
+                    expand::single(w, &lookup)?
                 }
             };
+            // The one device a sandbox has: reads are empty, writes vanish.
+            if target == "/dev/null" {
+                match (&r.target, r.fd) {
+                    (RedirectTarget::Read(_), _) => io.stdin = In::Bytes(Rc::default()),
+                    (_, 2) => io.stderr = Out::Null,
+                    _ => io.stdout = Out::Null,
+                }
+                continue;
+            }
             let path = self
                 .resolve_path(&target)
                 .map_err(|why| format!("cannot open {target}: {why}"))?;
             match &r.target {
                 RedirectTarget::Read(_) => {
-                    let data = self
+                    // Opened here, read by the command as it goes.
+                    let file = self
                         .root
-                        .read(path.relative())
+                        .open(path.relative())
                         .map_err(|e| format!("cannot open {target}: {}", errno_text(&e)))?;
-                    io.stdin = In::Bytes(Rc::new(data));
+                    if file.metadata().is_ok_and(|m| m.is_dir()) {
+                        return Err(format!("cannot open {target}: Is a directory"));
+                    }
+                    io.stdin = In::File(Rc::new(file.into_std()));
                 }
                 RedirectTarget::Write(_) | RedirectTarget::Append(_) => {
                     let append = matches!(r.target, RedirectTarget::Append(_));
@@ -378,14 +549,14 @@ impl Shell {
                     } else {
                         opts.truncate(true);
                     }
+                    let existed = self.root.symlink_metadata(path.relative()).is_ok();
+                    if !existed && self.ledger.charge(0, 1).is_err() {
+                        return Err(format!("cannot create {target}: No space left on device"));
+                    }
                     let file = self
                         .root
                         .open_with(path.relative(), &opts)
                         .map_err(|e| format!("cannot create {target}: {}", errno_text(&e)))?;
-                    if !append {
-                        // Truncation may have freed space.
-                        self.disk.forget();
-                    }
                     let out = Out::File(Rc::new(RefCell::new(FileOut { file })));
                     match r.fd {
                         2 => io.stderr = out,
@@ -430,7 +601,8 @@ impl Shell {
                 }
                 pipe.data.extend_from_slice(&bytes[..bytes.len().min(room)]);
             }
-            Out::File(file) => file.borrow_mut().write(&mut self.disk, bytes)?,
+            Out::File(file) => file.borrow_mut().write(&self.ledger, bytes)?,
+            Out::Null => {}
         }
         Ok(())
     }
@@ -440,31 +612,9 @@ impl Shell {
         self.try_write(&io.stderr, bytes).ok();
     }
 
-    /// Everything a command's stdin holds.
-    pub fn read_stdin(&mut self, stdin: &In) -> Flow<Vec<u8>> {
-        match stdin {
-            In::Bytes(b) => Ok(b.as_ref().clone()),
-            In::Exec => match std::mem::replace(&mut self.stdin, ExecStdin::Used) {
-                ExecStdin::Bytes(b) => Ok(b),
-                ExecStdin::Used => Ok(vec![]),
-                ExecStdin::Stream(mut stream) => {
-                    let mut buf = vec![];
-                    let deadline = tokio::time::Instant::from_std(self.deadline);
-                    let read = tokio::runtime::Handle::current().block_on(tokio::time::timeout_at(
-                        deadline,
-                        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut buf),
-                    ));
-                    match read {
-                        Ok(Ok(_)) => Ok(buf),
-                        Ok(Err(e)) => Err(Stop::Fail(ProviderError::Internal(e.into()))),
-                        Err(_) => Err(self.timed_out()),
-                    }
-                }
-            },
-        }
-    }
-
-    /// Runs a runtime command as a wasm guest, wired to `io`.
+    /// Runs a runtime command as a wasm guest, wired to `io`: a file it
+    /// writes to is its stdout itself, a file it reads is its stdin itself;
+    /// output to the exec or a pipe is captured and routed when it ends.
     fn guest(
         &mut self,
         runtime: &LoadedRuntime,
@@ -473,6 +623,7 @@ impl Shell {
         io: &CmdIo,
     ) -> Flow<i32> {
         self.check_limits()?;
+        let program = argv.first().cloned().unwrap_or_default();
         let mut env = self.environment(&runtime.def.env);
         env.extend(assignments.iter().cloned());
         // Output that goes straight to the client streams from the guest;
@@ -480,25 +631,42 @@ impl Shell {
         let streaming = self.output.is_some()
             && matches!(io.stdout, Out::Exec(StreamKind::Stdout))
             && matches!(io.stderr, Out::Exec(StreamKind::Stderr));
-        let capture_limit = |shell: &mut Shell, out: &Out| match out {
+        let capture_limit = |shell: &Shell, out: &Out| match out {
             Out::Exec(StreamKind::Stdout) => shell.stdout.room(),
             Out::Exec(StreamKind::Stderr) => shell.stderr.room(),
             Out::Pipe(_) => PIPE_LIMIT,
-            // One byte past the quota, to notice output that cannot fit.
-            Out::File(_) => usize::try_from(shell.disk.remaining())
-                .unwrap_or(usize::MAX)
-                .saturating_add(1),
+            Out::File(_) | Out::Null => 0,
         };
         let output_limit = capture_limit(self, &io.stdout).max(capture_limit(self, &io.stderr));
-        let (stdin, stdin_stream) = match &io.stdin {
-            In::Bytes(b) => (b.as_ref().clone(), None),
-            In::Exec => match std::mem::replace(&mut self.stdin, ExecStdin::Used) {
-                ExecStdin::Bytes(b) => (b, None),
-                ExecStdin::Stream(s) => (vec![], Some(s)),
-                ExecStdin::Used => (vec![], None),
-            },
+        let target = |out: &Out| -> Flow<GuestOut> {
+            match out {
+                Out::File(f) => Ok(GuestOut::File(
+                    f.borrow()
+                        .file
+                        .try_clone()
+                        .map_err(|e| Stop::Fail(ProviderError::Internal(e.into())))?
+                        .into_std(),
+                )),
+                Out::Null => Ok(GuestOut::Discard),
+                Out::Exec(_) | Out::Pipe(_) => Ok(GuestOut::Capture),
+            }
         };
-        let disk_remaining = self.disk.remaining();
+        let (stdout, stderr) = (target(&io.stdout)?, target(&io.stderr)?);
+        let (stdin, stdin_stream): (Vec<u8>, Option<Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>>) =
+            match &io.stdin {
+                In::Bytes(b) => (b.as_ref().clone(), None),
+                In::File(f) => {
+                    let file = f
+                        .try_clone()
+                        .map_err(|e| Stop::Fail(ProviderError::Internal(e.into())))?;
+                    (vec![], Some(Box::new(tokio::fs::File::from_std(file))))
+                }
+                In::Exec => match std::mem::replace(&mut self.stdin, ExecStdin::Used) {
+                    ExecStdin::Bytes(b) => (b, None),
+                    ExecStdin::Stream(s) => (vec![], Some(s)),
+                    ExecStdin::Used => (vec![], None),
+                },
+            };
         let job = GuestJob {
             argv,
             env: env.into_iter().collect(),
@@ -508,12 +676,17 @@ impl Shell {
             memory_bytes: self.memory_bytes,
             fuel: self.fuel,
             output_limit,
-            disk_remaining,
+            // A pipe that is full is closed to its writer, as a reader
+            // that stopped reading would close it.
+            close_when_full: matches!(io.stdout, Out::Pipe(_)),
+            stdout,
+            stderr,
+            ledger: self.ledger.clone(),
             stdin_stream,
             output: if streaming { self.output.clone() } else { None },
+            cancel: self.cancel.clone(),
         };
         let result = guest::run(runtime, job);
-        self.disk.forget();
         let (output, stopped) = match result {
             Ok(output) => (output, None),
             Err(ProviderError::Timeout { partial, .. }) => (*partial, Some(Limit::Timeout)),
@@ -530,12 +703,13 @@ impl Shell {
             self.stderr.absorb_streamed(&output.stderr);
             self.truncated |= output.truncated;
         } else {
-            if output.truncated && !matches!(io.stdout, Out::File(_)) && !matches!(io.stderr, Out::File(_)) {
-                self.truncated = true;
-            }
+            self.truncated |= output.truncated;
             for (out, data) in [(&io.stdout, &output.stdout), (&io.stderr, &output.stderr)] {
+                if matches!(out, Out::File(_) | Out::Null) {
+                    continue;
+                }
                 if let Err(e) = self.try_write(out, data) {
-                    let message = format!("sh: 1: {}: write error: {}\n", argv0(runtime), errno_text(&e));
+                    let message = format!("sh: 1: {program}: write error: {}\n", errno_text(&e));
                     self.write_stderr(io, message.as_bytes());
                     status = 1;
                 }
@@ -560,8 +734,4 @@ enum Limit {
     Timeout,
     Fuel(u64),
     Memory(u64),
-}
-
-fn argv0(runtime: &LoadedRuntime) -> &str {
-    &runtime.def.argv0
 }

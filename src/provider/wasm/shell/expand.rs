@@ -2,9 +2,15 @@
 //! unquoted expansions, then pathname globbing of unquoted `*`, `?` and
 //! `[...]` against the sandbox, then quote removal (already done by the
 //! parser, which records which characters were quoted).
+//!
+//! Every result is bounded: a word by [`MAX_WORD_BYTES`], a command's
+//! arguments by [`MAX_ARGS_BYTES`] and [`MAX_ARGS`], a glob by the entries
+//! it may visit and the components its pattern may have. Going over a
+//! bound is an error, with the message sh prints.
 
 use cap_std::fs::Dir;
 
+use super::exec::{MAX_ARGS, MAX_ARGS_BYTES, MAX_WORD_BYTES};
 use super::syntax::{Param, Part, Word};
 use crate::provider::glob::wildcard_match;
 use crate::sandbox::path::SandboxPath;
@@ -16,6 +22,14 @@ const IFS: [char; 3] = [' ', '\t', '\n'];
 /// Directory entries one glob may look at before it stops, so that a
 /// pattern on a huge tree cannot run away (the same bound as `files/glob`).
 const GLOB_BUDGET: usize = 100_000;
+/// Path components a glob pattern may have; the walk recurses once per
+/// component. A longer pattern is left as it is, as one that matches
+/// nothing.
+const GLOB_MAX_COMPONENTS: usize = 64;
+
+fn word_too_long() -> String {
+    format!("an expanded word is longer than {MAX_WORD_BYTES} bytes")
+}
 
 /// One field after splitting: each character with whether it was quoted
 /// (quoted characters never act as glob wildcards).
@@ -37,10 +51,19 @@ impl Field {
 }
 
 /// Expands `word` into fields (splitting unquoted expansions), no globbing.
-fn fields(word: &Word, lookup: &dyn Fn(&Param) -> String) -> Vec<Field> {
+fn fields(word: &Word, lookup: &dyn Fn(&Param) -> String) -> Result<Vec<Field>, String> {
     let mut out = vec![];
     let mut current: Option<Field> = None;
+    let mut bytes = 0usize;
     for part in &word.0 {
+        bytes += match part {
+            Part::Literal { text, .. } => text.len(),
+            Part::Home => 0,
+            Part::Param { param, .. } => lookup(param).len(),
+        };
+        if bytes > MAX_WORD_BYTES {
+            return Err(word_too_long());
+        }
         match part {
             Part::Literal { text, quoted } => current.get_or_insert_default().push_str(text, *quoted),
             Part::Home => current
@@ -72,12 +95,12 @@ fn fields(word: &Word, lookup: &dyn Fn(&Param) -> String) -> Vec<Field> {
         }
     }
     out.extend(current);
-    out
+    Ok(out)
 }
 
 /// Expands a word to one string: no splitting and no globbing, as for
 /// assignments and redirection targets.
-pub fn single(word: &Word, lookup: &dyn Fn(&Param) -> String) -> String {
+pub fn single(word: &Word, lookup: &dyn Fn(&Param) -> String) -> Result<String, String> {
     let mut s = String::new();
     for part in &word.0 {
         match part {
@@ -85,27 +108,48 @@ pub fn single(word: &Word, lookup: &dyn Fn(&Param) -> String) -> String {
             Part::Home => s.push_str(&lookup(&Param::Named("HOME".into()))),
             Part::Param { param, .. } => s.push_str(&lookup(param)),
         }
+        if s.len() > MAX_WORD_BYTES {
+            return Err(word_too_long());
+        }
     }
-    s
+    Ok(s)
 }
 
 /// Expands command words into arguments, globbing against the sandbox
 /// with relative patterns resolved against `cwd`.
-pub fn arguments(words: &[Word], lookup: &dyn Fn(&Param) -> String, root: &Dir, cwd: &SandboxPath) -> Vec<String> {
-    let mut out = vec![];
+pub fn arguments(
+    words: &[Word],
+    lookup: &dyn Fn(&Param) -> String,
+    root: &Dir,
+    cwd: &SandboxPath,
+) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = vec![];
+    let mut bytes = 0usize;
+    let mut push = |out: &mut Vec<String>, arg: String| {
+        bytes += arg.len() + 1;
+        out.push(arg);
+        if bytes > MAX_ARGS_BYTES || out.len() > MAX_ARGS {
+            return Err(format!(
+                "the arguments are longer than {MAX_ARGS_BYTES} bytes or more than {MAX_ARGS} words"
+            ));
+        }
+        Ok(())
+    };
     for word in words {
-        for field in fields(word, lookup) {
+        for field in fields(word, lookup)? {
             if field.has_wildcard() {
                 let matches = glob(root, cwd, &field);
                 if !matches.is_empty() {
-                    out.extend(matches);
+                    for m in matches {
+                        push(&mut out, m)?;
+                    }
                     continue;
                 }
             }
-            out.push(field.text());
+            push(&mut out, field.text())?;
         }
     }
-    out
+    Ok(out)
 }
 
 /// Sandbox entries a field matches, spelled as the pattern was (relative
@@ -131,6 +175,9 @@ fn glob(root: &Dir, cwd: &SandboxPath, field: &Field) -> Vec<String> {
         }
     }
     components.push(current);
+    if components.len() > GLOB_MAX_COMPONENTS {
+        return vec![];
+    }
     let absolute = field.0.first().is_some_and(|(c, _)| *c == '/');
     let start = if absolute { SandboxPath::root() } else { cwd.clone() };
     let mut out = vec![];
@@ -214,7 +261,7 @@ mod tests {
                 .unwrap_or_default(),
             _ => String::new(),
         };
-        fields(&word, &lookup).iter().map(Field::text).collect()
+        fields(&word, &lookup).unwrap().iter().map(Field::text).collect()
     }
 
     #[test]

@@ -1,15 +1,14 @@
 //! Where the shell's commands read and write: the exec's own output (capped
-//! and streamed), pipe buffers between stages, and redirected files charged
-//! against the sandbox's disk quota.
+//! and streamed), pipe buffers between stages, and redirected files, whose
+//! writes are charged to the sandbox's disk ledger.
 
 use std::cell::RefCell;
 use std::io::{self, Write};
-use std::path::PathBuf;
 use std::rc::Rc;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::provider::wasm::files;
+use crate::provider::wasm::quota::DiskLedger;
 use crate::provider::{OutputChunk, StreamKind};
 
 /// Most bytes one pipe between two stages holds. The stages run one after
@@ -80,9 +79,18 @@ pub struct PipeBuf {
     pub truncated: bool,
 }
 
-/// A file opened by a redirection.
+/// A file opened by a redirection for writing.
 pub struct FileOut {
     pub file: cap_std::fs::File,
+}
+
+impl FileOut {
+    /// Writes at the end of what this redirection wrote so far: each byte
+    /// grows the file, so each is charged.
+    pub fn write(&mut self, ledger: &DiskLedger, bytes: &[u8]) -> io::Result<()> {
+        ledger.charge(bytes.len() as u64, 0).map_err(|_| no_space())?;
+        self.file.write_all(bytes)
+    }
 }
 
 /// Where a command's stdout or stderr goes. Clones share the target, so
@@ -92,6 +100,8 @@ pub enum Out {
     Exec(StreamKind),
     Pipe(Rc<RefCell<PipeBuf>>),
     File(Rc<RefCell<FileOut>>),
+    /// `/dev/null`: everything is dropped.
+    Null,
 }
 
 /// Where a command's stdin comes from.
@@ -100,6 +110,8 @@ pub enum In {
     /// The exec's own stdin, consumed by the first command that reads it.
     Exec,
     Bytes(Rc<Vec<u8>>),
+    /// A file opened by `<`, read as a stream, never loaded whole.
+    File(Rc<std::fs::File>),
 }
 
 /// A command's three standard streams.
@@ -120,55 +132,8 @@ impl CmdIo {
     }
 }
 
-/// The sandbox's disk quota as seen by the shell: the room left is measured
-/// once and then charged for every byte written, as guests are charged;
-/// anything that may free or use space outside this count (a guest run, a
-/// removal) forgets the measure.
-pub struct Disk {
-    dir: PathBuf,
-    quota: u64,
-    remaining: Option<u64>,
-}
-
-impl Disk {
-    pub fn new(dir: PathBuf, quota: u64) -> Disk {
-        Disk {
-            dir,
-            quota,
-            remaining: None,
-        }
-    }
-
-    pub fn remaining(&mut self) -> u64 {
-        *self
-            .remaining
-            .get_or_insert_with(|| self.quota.saturating_sub(files::disk_usage(&self.dir)))
-    }
-
-    /// Charges `bytes`, or refuses them all with ENOSPC.
-    pub fn charge(&mut self, bytes: u64) -> io::Result<()> {
-        let remaining = self.remaining();
-        if bytes > remaining {
-            return Err(no_space());
-        }
-        self.remaining = Some(remaining - bytes);
-        Ok(())
-    }
-
-    pub fn forget(&mut self) {
-        self.remaining = None;
-    }
-}
-
 pub fn no_space() -> io::Error {
     io::Error::new(io::ErrorKind::StorageFull, "No space left on device")
-}
-
-impl FileOut {
-    pub fn write(&mut self, disk: &mut Disk, bytes: &[u8]) -> io::Result<()> {
-        disk.charge(bytes.len() as u64)?;
-        self.file.write_all(bytes)
-    }
 }
 
 /// An I/O error as sh and coreutils word it.

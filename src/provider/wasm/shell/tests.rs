@@ -17,7 +17,7 @@ fn words(line: &str) -> Vec<String> {
         .words
         .iter()
         .flat_map(|w| {
-            let s = expand::single(w, &lookup);
+            let s = expand::single(w, &lookup).unwrap();
             // Unquoted empty expansions vanish; quoted ones stay.
             (!w.0.is_empty()).then_some(s)
         })

@@ -325,6 +325,7 @@ exec stat -c '%f %s %Y' -- "$1""#;
         // NUL-terminated names, then their N stat lines in the same order.
         const LIST: &str = r#"if ! cd -- "$1" 2>/dev/null; then
   [ -e "$1" ] || exit 10
+  [ -d "$1" ] && { echo "cannot open the directory: permission denied" >&2; exit 1; }
   echo file
   exec stat -L -c '%f %s %Y' -- "$1"
 fi
@@ -536,5 +537,24 @@ mod tests {
         let dir = parse_entry(&SandboxPath::parse("/tmp").unwrap(), "43ff 4096 0").unwrap();
         assert_eq!((dir.is_dir, dir.size, dir.mode.as_str()), (true, 0, "1777"));
         assert!(parse_entry(&path, "zz 1 2").is_none());
+    }
+
+    #[test]
+    fn whatever_a_container_stat_prints_parses_or_is_refused_without_a_panic() {
+        let path = SandboxPath::parse("a").unwrap();
+        let mtime = |line: &str| parse_entry(&path, line).map(|e| e.mod_time);
+        let table = [
+            ("81a4 1 9223372036854775807", Some("9999-12-31T23:59:59Z")),
+            ("81a4 1 253402300800", Some("9999-12-31T23:59:59Z")),
+            ("81a4 1 -9223372036854775808", Some("1970-01-01T00:00:00Z")),
+            ("81a4 18446744073709551615 0", Some("1970-01-01T00:00:00Z")),
+            ("81a4 18446744073709551616 0", None),
+            ("ffffffffff 1 0", None),
+            ("81a4 1 99999999999999999999", None),
+            ("", None),
+        ];
+        for (line, want) in table {
+            assert_eq!(mtime(line).as_deref(), want, "{line:?}");
+        }
     }
 }

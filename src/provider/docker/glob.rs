@@ -207,4 +207,47 @@ mod tests {
         );
         assert!(Plan::new("../x").is_err());
     }
+
+    #[test]
+    fn repeated_double_stars_collapse_and_deep_patterns_are_refused() {
+        let plan = Plan::new("**/**/**/*.rs").unwrap();
+        assert_eq!(plan.parts, ["**", "*.rs"]);
+        assert!(Plan::new(&vec!["*"; MAX_PARTS].join("/")).is_ok());
+        assert_eq!(
+            Plan::new(&vec!["*"; MAX_PARTS + 1].join("/")).err().unwrap(),
+            "glob patterns may have at most 32 components after their literal directory"
+        );
+        // Literal components before the first wildcard do not count.
+        assert!(Plan::new(&(vec!["d"; 100].join("/") + "/*")).is_ok());
+    }
+
+    #[test]
+    fn a_pathological_pattern_on_a_deep_path_costs_components_times_positions() {
+        let plan = Plan::new(&(vec!["**/*a*"; 15].join("/") + "/end")).unwrap();
+        let deep = format!("/workspace/{}/end", vec!["a"; 2000].join("/"));
+        let mut steps = 0;
+        assert!(plan.matches(&deep, false, &mut steps));
+        assert!(steps <= 2001 * plan.parts.len(), "{steps} steps");
+        let mut steps = 0;
+        assert!(!plan.matches(
+            &format!("/workspace/{}/nope", vec!["a"; 2000].join("/")),
+            false,
+            &mut steps
+        ));
+    }
+
+    #[test]
+    fn selection_stops_at_the_entry_budget_and_ignores_a_cut_name() {
+        let plan = Plan::new("*").unwrap();
+        let mut walk = Vec::new();
+        walk.extend_from_slice(b"/workspace\0\0");
+        for i in 0..MAX_ENTRIES + 10 {
+            walk.extend_from_slice(format!("/workspace/f{i}\0").as_bytes());
+        }
+        walk.extend_from_slice(b"/workspace/cut");
+        let found = plan.select(&walk);
+        // The start directory counts as examined and does not match `*`.
+        assert_eq!(found.len(), MAX_ENTRIES - 1);
+        assert!(!found.iter().any(|f| f.ends_with("cut")));
+    }
 }

@@ -791,6 +791,104 @@ mod tests {
     use super::*;
 
     #[test]
+    fn docker_user_takes_numeric_ids_only() {
+        let table = [
+            ("65534:65534", Some((65534, 65534))),
+            ("1000", Some((1000, 1000))),
+            ("0:0", Some((0, 0))),
+            (" 1000:100 ", Some((1000, 100))),
+            ("nobody", None),
+            ("1000:users", None),
+            ("-1:0", None),
+            ("", None),
+            (":", None),
+            ("4294967296:0", None),
+        ];
+        for (spec, want) in table {
+            assert_eq!(ContainerUser::parse(spec).map(|u| (u.uid, u.gid)), want, "{spec:?}");
+        }
+        assert!(ContainerUser::parse("0:5").unwrap().is_root());
+        assert_eq!(ContainerUser::parse("7").unwrap().spec(), "7:7");
+    }
+
+    #[test]
+    fn the_allow_list_matches_references_part_by_part() {
+        let list: Vec<String> = ["python:3.*", "stacyvm-test-*", "ghcr.io/acme/*"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let table = [
+            ("python:3.12", true),
+            ("python:2.7", false),
+            ("python", false),
+            ("python:3.12:5000/evil:1", false),
+            ("stacyvm-test-busybox", true),
+            ("stacyvm-test-busybox:latest", true),
+            ("stacyvm-test-x/y", false),
+            ("ghcr.io/acme/tool:1", true),
+            ("ghcr.io/acme/sub/tool:1", false),
+            ("docker.io/library/python:3.12", false),
+        ];
+        for (image, want) in table {
+            assert_eq!(image_allowed(&list, image), want, "{image}");
+        }
+        assert!(image_allowed(&[], "anything:at-all"));
+        // Untagged means :latest.
+        assert!(image_allowed(&["alpine:latest".into()], "alpine"));
+        assert!(!image_allowed(&["alpine:latest".into()], "alpine:3"));
+    }
+
+    #[test]
+    fn docker_user_and_allowed_images_come_from_the_file_or_the_environment_and_are_validated() {
+        let mut s = Settings::from_toml("[docker]\nuser = \"1000:1000\"\nallowed_images = [\"alpine:*\"]").unwrap();
+        assert_eq!(
+            (s.docker.user.as_str(), s.docker.allowed_images.len()),
+            ("1000:1000", 1)
+        );
+        s.apply_env(|name| match name {
+            "STACYVM_DOCKER_USER" => Some("0:0".into()),
+            "STACYVM_DOCKER_ALLOWED_IMAGES" => Some(" python:*, alpine:*,,".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(s.docker.user, "0:0");
+        assert_eq!(s.docker.allowed_images, ["python:*", "alpine:*"]);
+        s.validate().unwrap();
+        let defaults = Settings::default();
+        assert_eq!(
+            (defaults.docker.user.as_str(), defaults.docker.allowed_images.len()),
+            ("65534:65534", 0)
+        );
+
+        s.docker.user = "nobody".into();
+        assert_eq!(
+            s.validate().unwrap_err().to_string(),
+            "docker.user must be a numeric UID:GID such as \"65534:65534\" (\"0:0\" for root), not \"nobody\""
+        );
+        s.docker.user = "0:0".into();
+        s.docker.allowed_images = vec!["python:*".into()];
+        assert_eq!(
+            s.validate().unwrap_err().to_string(),
+            "docker.default_image \"alpine:latest\" is not matched by docker.allowed_images"
+        );
+    }
+
+    #[test]
+    fn a_size_refusal_is_told_apart_from_other_create_errors() {
+        let err = |status_code: u16, message: &str| DockerError::DockerResponseServerError {
+            status_code,
+            message: message.into(),
+        };
+        assert!(refuses_size_limit(&err(
+            500,
+            "--storage-opt is supported only for overlay over xfs with 'pquota' mount option"
+        )));
+        assert!(refuses_size_limit(&err(400, "Storage Option not supported: size")));
+        assert!(!refuses_size_limit(&err(404, "No such image: x")));
+        assert!(!refuses_size_limit(&err(500, "network stacyvm-internal not found")));
+    }
+
+    #[test]
     fn image_references_split_into_repository_and_tag() {
         let table = [
             ("alpine", ("alpine", Some("latest"))),

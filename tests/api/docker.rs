@@ -1065,9 +1065,17 @@ async fn the_writable_layer_is_limited_to_the_disk_quota_where_the_storage_drive
             // Under the quota (obeyed), then over it (violated), in /workspace.
             let out = app.run(&id, "head -c 16777216 /dev/zero > fits.bin && echo ok").await;
             assert_eq!(out["stdout"], "ok\n");
-            let out = app.run(&id, "head -c 134217728 /dev/zero > big.bin").await;
-            assert_ne!(out["exit_code"], 0);
-            assert!(out["stderr"].as_str().unwrap().contains("No space left"), "{out}");
+            // The driver's error varies (ENOSPC, EDQUOT, EIO on btrfs); the
+            // write stops short of the quota either way.
+            let out = app
+                .run(
+                    &id,
+                    "head -c 134217728 /dev/zero > big.bin; echo rc=$?; wc -c < big.bin",
+                )
+                .await;
+            let text = out["stdout"].as_str().unwrap();
+            let written: u64 = text.lines().nth(1).unwrap().trim().parse().unwrap();
+            assert!(text.starts_with("rc=1\n") && written < 64 << 20, "{out}");
             let got = send(
                 app.put(&format!("/sandboxes/{id}/files?path=upload.bin"))
                     .body(vec![0u8; 60 << 20]),

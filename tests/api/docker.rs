@@ -1140,3 +1140,65 @@ async fn docker_allowed_images_admits_matching_images_and_refuses_the_rest() {
     }
     remove_containers_of(&docker, &app).await;
 }
+
+/// A sandbox for driving the provider directly, below the HTTP layer.
+fn bare_sandbox(image: &str) -> stacyvm::sandbox::Sandbox {
+    use stacyvm::sandbox::id::{SandboxId, TenantId};
+    let now = std::time::SystemTime::now();
+    stacyvm::sandbox::Sandbox {
+        id: SandboxId::generate(),
+        tenant: TenantId::new("default"),
+        state: stacyvm::sandbox::SandboxState::Running,
+        provider: "docker".into(),
+        image: image.into(),
+        memory_mb: 128,
+        vcpus: 1,
+        created_at: now,
+        expires_at: now + Duration::from_secs(600),
+        metadata: Default::default(),
+        owner_id: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_exec_io_stops_the_command_and_everything_it_started() {
+    use stacyvm::provider::{ExecIo, ExecMode, ExecSpec, ProviderError};
+    let Some(docker) = docker_or_skip().await else { return };
+    let data = tempfile::tempdir().unwrap();
+    let mut settings = crate::helpers::test_settings(data.path());
+    docker_settings(&mut settings);
+    let provider = stacyvm::provider::docker::start(&settings).await;
+    let sandbox = bare_sandbox(BUSYBOX);
+    provider.create(&sandbox).await.unwrap();
+    let spec = |command: &str| ExecSpec {
+        mode: ExecMode::Shell,
+        command: command.into(),
+        args: vec![],
+        env: Default::default(),
+        workdir: stacyvm::sandbox::path::SandboxPath::workspace(),
+        timeout: Duration::from_secs(600),
+        stdin: None,
+    };
+    // Not cancelled (obeyed): the command runs to its end.
+    let out = provider
+        .exec_io(&sandbox, spec("echo done"), ExecIo::default())
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"done\n");
+    // Cancelled after a second (violated): stopped, with its escapee.
+    let io = ExecIo::default();
+    let cancel = io.cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        cancel.cancel();
+    });
+    let started = Instant::now();
+    let got = provider
+        .exec_io(&sandbox, spec("setsid sleep 605 & sleep 606"), io)
+        .await;
+    assert!(matches!(got, Err(ProviderError::Cancelled)), "{got:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    let left = processes(&docker, sandbox.id.as_str()).await;
+    assert!(!left.iter().any(|p| p.starts_with("sleep 60")), "{left:?}");
+    provider.destroy(&sandbox).await.unwrap();
+}

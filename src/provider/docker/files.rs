@@ -199,13 +199,14 @@ impl Files<'_> {
         if path.is_root() {
             return Err(ProviderError::InvalidInput("cannot write to the sandbox root".into()).into());
         }
-        // Extracting a file over a directory would replace the directory.
-        if let Some((go_mode, _, _)) = self.archive_stat(&path.to_string()).await?
-            && go_mode & GO_MODE_DIR != 0
-        {
-            return Err(ProviderError::InvalidInput(format!("{path} is a directory")).into());
-        }
-        let parents = self.missing_parents(path).await?;
+        let parents = match self.archive_stat(&path.to_string()).await? {
+            // Extracting a file over a directory would replace the directory.
+            Some((go_mode, _, _)) if go_mode & GO_MODE_DIR != 0 => {
+                return Err(ProviderError::InvalidInput(format!("{path} is a directory")).into());
+            }
+            Some(_) => vec![],
+            None => self.missing_parents(path).await?,
+        };
         let mut builder = tar::Builder::new(Vec::with_capacity(data.len() + 1024 * (parents.len() + 1)));
         let built = parents
             .iter()

@@ -195,6 +195,9 @@ build_busybox_image() {
 
     root="$(mktemp -d /tmp/stacyvm-busybox-rootfs.XXXXXX)"
     TMP_DIRS+=("$root")
+    # mktemp makes it 0700; storage drivers that keep the image's `/` (btrfs)
+    # would then let no one but root run anything in the container.
+    chmod 0755 "$root"
     mkdir -p "$root"/{bin,etc,tmp,workspace,root,proc,sys,dev,usr,var/tmp}
     chmod 1777 "$root/tmp" "$root/var/tmp"
     chmod 0777 "$root/workspace"
@@ -249,6 +252,7 @@ build_python_image() {
     # Not under /tmp: that may be a nodev/noexec tmpfs on CI machines.
     root="$(mktemp -d /var/tmp/stacyvm-python-rootfs.XXXXXX)"
     TMP_DIRS+=("$root")
+    chmod 0755 "$root"
     mirror="$(debian_mirror)"
     t0=$(date +%s)
     log "debootstrap $PY_SUITE from $mirror (takes ~1-2 min; log /tmp/stacyvm-debootstrap.log)"

@@ -177,6 +177,12 @@ pub struct DockerSettings {
     /// How often a missing daemon is looked for again.
     #[serde(deserialize_with = "go_duration")]
     pub recheck_interval: Duration,
+    /// Numeric `UID:GID` (or `UID`, with the group of the same number) that
+    /// commands and file operations run as; `0:0` runs them as root.
+    pub user: String,
+    /// Globs an image reference must match to be created (`python:*`);
+    /// empty allows any image.
+    pub allowed_images: Vec<String>,
 }
 
 impl Default for DockerSettings {
@@ -190,6 +196,10 @@ impl Default for DockerSettings {
             default_image: "alpine:latest".into(),
             on_shutdown: "keep".into(),
             recheck_interval: Duration::from_secs(5),
+            // `nobody`: no file of the image belongs to it, so a command can
+            // change nothing outside /workspace and /tmp.
+            user: "65534:65534".into(),
+            allowed_images: vec![],
         }
     }
 }
@@ -412,6 +422,17 @@ impl Settings {
         if let Some(v) = get("STACYVM_DOCKER_ON_SHUTDOWN") {
             self.docker.on_shutdown = v;
         }
+        if let Some(v) = get("STACYVM_DOCKER_USER") {
+            self.docker.user = v;
+        }
+        if let Some(v) = get("STACYVM_DOCKER_ALLOWED_IMAGES") {
+            self.docker.allowed_images = v
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(String::from)
+                .collect();
+        }
         if let Some(v) = get("STACYVM_PREVIEW_DOMAIN") {
             self.preview_domain = Some(v);
         }
@@ -487,6 +508,21 @@ impl Settings {
         if d.pids_limit < 16 || d.recheck_interval.is_zero() || d.default_image.is_empty() {
             bail!(
                 "docker.pids_limit must be at least 16, docker.recheck_interval positive and docker.default_image set"
+            );
+        }
+        if crate::provider::docker::ContainerUser::parse(&d.user).is_none() {
+            bail!(
+                "docker.user must be a numeric UID:GID such as \"65534:65534\" (\"0:0\" for root), not {:?}",
+                d.user
+            );
+        }
+        if d.allowed_images.iter().any(|p| p.trim().is_empty()) {
+            bail!("docker.allowed_images must not hold an empty pattern");
+        }
+        if !crate::provider::docker::image_allowed(&d.allowed_images, &d.default_image) {
+            bail!(
+                "docker.default_image {:?} is not matched by docker.allowed_images",
+                d.default_image
             );
         }
         if let Some(domain) = &self.preview_domain

@@ -514,19 +514,19 @@ async fn outbound_connections_fail_on_the_internal_and_none_networks_yet_preview
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn destroy_and_ttl_expiry_remove_the_container_and_its_volume() {
+async fn destroy_and_ttl_expiry_remove_the_container_and_leave_no_volume() {
     let Some(docker) = docker_or_skip().await else { return };
     let app = spawn_docker().await;
     let id = create_docker(&app, json!({})).await;
     let inspect = docker.inspect_container(&container(&id), None).await.unwrap();
-    let volume = inspect.mounts.unwrap()[0].name.clone().unwrap();
+    // /workspace is part of the writable layer: no volume to leave behind.
+    assert_eq!(inspect.mounts, Some(vec![]));
     let labels = inspect.config.unwrap().labels.unwrap();
     assert_eq!(labels["stacyvm.sandbox"], id);
     assert_eq!(labels["stacyvm.tenant"], "default");
     let (status, body) = send(app.delete(&format!("/sandboxes/{id}"))).await;
     assert_eq!((status, body), (200, json!({"status": "destroyed"})));
     assert!(!container_exists(&docker, &id).await);
-    assert!(docker.inspect_volume(&volume).await.is_err(), "volume {volume} is left");
     let (status, _) = send(app.delete(&format!("/sandboxes/{id}"))).await;
     assert_eq!(status, 200);
 
@@ -922,4 +922,283 @@ async fn a_docker_websocket_client_that_disconnects_stops_the_program() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(lines(app.run(&id, "wc -l < /workspace/beat2").await), before);
     remove_containers_of(&docker, &app).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commands_and_file_operations_run_as_nobody_unless_docker_user_asks_for_root() {
+    let Some(docker) = docker_or_skip().await else { return };
+    let app = spawn_docker().await;
+    let id = create_docker(&app, json!({})).await;
+    let out = app
+        .run(
+            &id,
+            "id -u; id -g; stat -c '%u:%g %a' /workspace; touch mine.txt && echo wrote",
+        )
+        .await;
+    assert_eq!(out["stdout"], "65534\n65534\n65534:65534 755\nwrote\n");
+    // The image's own files are out of reach.
+    let out = app.run(&id, "echo x >> /etc/passwd").await;
+    assert_ne!(out["exit_code"], 0);
+    assert!(out["stderr"].as_str().unwrap().contains("Permission denied"), "{out}");
+
+    // What the API writes, and the parents it makes, belong to the user.
+    let f = |route: &str| format!("/sandboxes/{id}/files{route}");
+    let (status, _) = send(
+        app.post(&f(""))
+            .json(&json!({"path": "new/sub/a.txt", "content": "hi"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let out = app
+        .run(
+            &id,
+            "stat -c '%u:%g %a %n' new new/sub new/sub/a.txt; echo more >> new/sub/a.txt && touch new/sub/b.txt && echo ok",
+        )
+        .await;
+    assert_eq!(
+        out["stdout"],
+        "65534:65534 755 new\n65534:65534 755 new/sub\n65534:65534 644 new/sub/a.txt\nok\n"
+    );
+    // An existing directory keeps its owner and mode.
+    let (status, _) = send(app.post(&f("")).json(&json!({"path": "/tmp/t.txt", "content": "t"}))).await;
+    assert_eq!(status, 200);
+    let out = app.run(&id, "stat -c '%u:%g %a' /tmp /tmp/t.txt").await;
+    assert_eq!(out["stdout"], "0:0 1777\n65534:65534 644\n");
+    // Move, chmod and delete act as the user: on its files they work...
+    let (status, _) = send(
+        app.post(&f("/move"))
+            .json(&json!({"old_path": "new/sub/a.txt", "new_path": "new/c.txt"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = send(
+        app.post(&f("/chmod"))
+            .json(&json!({"path": "new/c.txt", "mode": "0600"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(app.run(&id, "cat new/c.txt").await["stdout"], "himore\n");
+    let (status, _) = send(app.delete(&f("?path=new&recursive=true"))).await;
+    assert_eq!(status, 200);
+    // ...and on root's they are refused like any command of the user.
+    assert_error_contains(
+        &send(app.delete(&f("?path=/etc/passwd"))).await,
+        400,
+        "bad_request",
+        "Permission denied",
+    );
+
+    let root = TestApp::spawn_with(|s| {
+        docker_settings(s);
+        s.docker.user = "0:0".into();
+    })
+    .await;
+    let rid = create_docker(&root, json!({})).await;
+    let out = root.run(&rid, "id -u; grep CapEff /proc/self/status").await;
+    assert_eq!(out["stdout"], "0\nCapEff:\t0000000000000000\n");
+    remove_containers_of(&docker, &app).await;
+    remove_containers_of(&docker, &root).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timeout_spares_what_ran_before_the_command_and_commands_running_beside_it() {
+    let Some(docker) = docker_or_skip().await else { return };
+    let app = spawn_docker().await;
+    let id = create_docker(&app, json!({})).await;
+    // A server left in the background by an earlier exec.
+    app.run(&id, "setsid sh -c 'exec sleep 700' </dev/null >/dev/null 2>&1 &")
+        .await;
+    // A command still running beside the one that will time out.
+    let beside = {
+        let (client, url) = (app.client.clone(), app.url(&format!("/sandboxes/{id}/exec")));
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&json!({"command": "sleep 701; echo done", "timeout": "60s"}))
+                .send()
+                .await
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            processes(&docker, &id).await.iter().any(|p| p == "sleep 701")
+        })
+        .await
+    );
+    let (status, body) = app
+        .exec(
+            &id,
+            json!({"command": "setsid sleep 702 & while :; do :; done", "timeout": "1s"}),
+        )
+        .await;
+    assert_eq!(status, 408, "{body}");
+    let left = processes(&docker, &id).await;
+    assert!(!left.iter().any(|p| p == "sleep 702"), "{left:?}");
+    for kept in ["sleep 700", "sleep 701"] {
+        assert!(left.iter().any(|p| p == kept), "{kept:?} was killed: {left:?}");
+    }
+    beside.abort();
+    remove_containers_of(&docker, &app).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_writable_layer_is_limited_to_the_disk_quota_where_the_storage_driver_can() {
+    let Some(docker) = docker_or_skip().await else { return };
+    let app = TestApp::spawn_with(|s| {
+        docker_settings(s);
+        s.sandbox.disk_quota_mb = 64;
+    })
+    .await;
+    let id = create_docker(&app, json!({})).await;
+    let size = docker
+        .inspect_container(&container(&id), None)
+        .await
+        .unwrap()
+        .host_config
+        .and_then(|h| h.storage_opt)
+        .and_then(|o| o.get("size").cloned());
+    let (_, stats) = send(app.get(&format!("/sandboxes/{id}/stats"))).await;
+    match size {
+        Some(size) => {
+            assert_eq!(size, "64m");
+            assert_eq!(stats["disk_limit_bytes"], 64 << 20, "{stats}");
+            // Under the quota (obeyed), then over it (violated), in /workspace.
+            let out = app.run(&id, "head -c 16777216 /dev/zero > fits.bin && echo ok").await;
+            assert_eq!(out["stdout"], "ok\n");
+            // The driver's error varies (ENOSPC, EDQUOT, EIO on btrfs); the
+            // write stops short of the quota either way.
+            let out = app
+                .run(
+                    &id,
+                    "head -c 134217728 /dev/zero > big.bin; echo rc=$?; wc -c < big.bin",
+                )
+                .await;
+            let text = out["stdout"].as_str().unwrap();
+            let written: u64 = text.lines().nth(1).unwrap().trim().parse().unwrap();
+            assert!(text.starts_with("rc=1\n") && written < 64 << 20, "{out}");
+            let got = send(
+                app.put(&format!("/sandboxes/{id}/files?path=upload.bin"))
+                    .body(vec![0u8; 60 << 20]),
+            )
+            .await;
+            assert_error(
+                &got,
+                429,
+                "resource_limit",
+                "writing /workspace/upload.bin would exceed the sandbox's disk quota of 64 MiB",
+            );
+        }
+        None => {
+            // The daemon here really cannot: it refuses a size outright.
+            let body = ContainerCreateBody {
+                image: Some(BUSYBOX.into()),
+                host_config: Some(HostConfig {
+                    storage_opt: Some(HashMap::from([("size".to_string(), "64m".to_string())])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let refused = docker.create_container(None::<CreateContainerOptions>, body).await;
+            let message = refused.expect_err("the daemon accepted a size limit").to_string();
+            assert!(message.contains("storage-opt"), "{message}");
+            assert!(stats.get("disk_limit_bytes").is_none(), "{stats}");
+            eprintln!("NOTE: this daemon's storage driver cannot limit a container's size; only the fallback ran");
+        }
+    }
+    remove_containers_of(&docker, &app).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_allowed_images_admits_matching_images_and_refuses_the_rest() {
+    let Some(docker) = docker_or_skip().await else { return };
+    let app = TestApp::spawn_with(|s| {
+        docker_settings(s);
+        s.docker.allowed_images = vec!["stacyvm-test-busybox:*".into(), "python:3.*".into()];
+    })
+    .await;
+    let id = create_docker(&app, json!({"image": BUSYBOX})).await;
+    assert_eq!(app.run(&id, "echo in").await["stdout"], "in\n");
+    // Untagged means :latest, as Docker reads it.
+    create_docker(&app, json!({"image": "stacyvm-test-busybox"})).await;
+    for image in [
+        "stacyvm-test-python:latest",
+        "python:3.12:5000/other:1",
+        "python:3.12/x",
+    ] {
+        assert_error(
+            &send(
+                app.post("/sandboxes")
+                    .json(&json!({"provider": "docker", "image": image})),
+            )
+            .await,
+            400,
+            "bad_request",
+            &format!(
+                "docker image {image:?} is not allowed on this server; allowed images match stacyvm-test-busybox:*, python:3.*"
+            ),
+        );
+    }
+    remove_containers_of(&docker, &app).await;
+}
+
+/// A sandbox for driving the provider directly, below the HTTP layer.
+fn bare_sandbox(image: &str) -> stacyvm::sandbox::Sandbox {
+    use stacyvm::sandbox::id::{SandboxId, TenantId};
+    let now = std::time::SystemTime::now();
+    stacyvm::sandbox::Sandbox {
+        id: SandboxId::generate(),
+        tenant: TenantId::new("default"),
+        state: stacyvm::sandbox::SandboxState::Running,
+        provider: "docker".into(),
+        image: image.into(),
+        memory_mb: 128,
+        vcpus: 1,
+        created_at: now,
+        expires_at: now + Duration::from_secs(600),
+        metadata: Default::default(),
+        owner_id: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_exec_io_stops_the_command_and_everything_it_started() {
+    use stacyvm::provider::{ExecIo, ExecMode, ExecSpec, ProviderError};
+    let Some(docker) = docker_or_skip().await else { return };
+    let data = tempfile::tempdir().unwrap();
+    let mut settings = crate::helpers::test_settings(data.path());
+    docker_settings(&mut settings);
+    let provider = stacyvm::provider::docker::start(&settings).await;
+    let sandbox = bare_sandbox(BUSYBOX);
+    provider.create(&sandbox).await.unwrap();
+    let spec = |command: &str| ExecSpec {
+        mode: ExecMode::Shell,
+        command: command.into(),
+        args: vec![],
+        env: Default::default(),
+        workdir: stacyvm::sandbox::path::SandboxPath::workspace(),
+        timeout: Duration::from_secs(600),
+        stdin: None,
+    };
+    // Not cancelled (obeyed): the command runs to its end.
+    let out = provider
+        .exec_io(&sandbox, spec("echo done"), ExecIo::default())
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"done\n");
+    // Cancelled after a second (violated): stopped, with its escapee.
+    let io = ExecIo::default();
+    let cancel = io.cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        cancel.cancel();
+    });
+    let started = Instant::now();
+    let got = provider
+        .exec_io(&sandbox, spec("setsid sleep 605 & sleep 606"), io)
+        .await;
+    assert!(matches!(got, Err(ProviderError::Cancelled)), "{got:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    let left = processes(&docker, sandbox.id.as_str()).await;
+    assert!(!left.iter().any(|p| p.starts_with("sleep 60")), "{left:?}");
+    provider.destroy(&sandbox).await.unwrap();
 }

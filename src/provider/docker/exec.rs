@@ -2,12 +2,15 @@
 //! them for good when they run past their deadline.
 //!
 //! Killing the client side of an exec leaves the process running, and the
-//! Engine API has no call to kill one exec. So every user command runs under
-//! [`WRAPPER`], a tiny `sh` whose argv carries a unique tag; on timeout a
-//! second exec ([`KILLER`]) finds the wrapper by that tag, freezes it and
-//! every descendant and group member with SIGSTOP, kills them all with
-//! SIGKILL, and waits until none is left. The same killer stops a command
-//! whose client went away (its output receiver was closed).
+//! Engine API has no call to kill one exec. So every exec carries a unique
+//! tag as its `$0`; on timeout, or when its client goes away, a second exec
+//! ([`KILLER`], run as root) finds the tagged process, and freezes with
+//! SIGSTOP and then kills with SIGKILL every process of the container that
+//! started since, except PID 1, the processes of other execs still running
+//! and their descendants, and the descendants of processes that were
+//! already there. So a child that left with `setsid` or was re-parented to
+//! init by a double fork dies too, while a server that an earlier exec left
+//! in the background survives. It waits until none is left.
 //!
 //! Output is demultiplexed as it arrives; with a tee, every kept byte is
 //! also sent at once, except a possible wrapper sentinel at the end of
@@ -24,6 +27,7 @@ use bollard::query_parameters::RestartContainerOptions;
 use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
 
 use crate::provider::{ExecMode, ExecOutput, ExecSpec, OutputChunk, StreamKind};
 
@@ -32,7 +36,7 @@ use crate::provider::{ExecMode, ExecOutput, ExecSpec, OutputChunk, StreamKind};
 /// before any user code runs. When the command dies of SIGKILL (137) and
 /// the container's memory cgroup counted a new OOM kill meanwhile, the
 /// wrapper appends [`OOM_SENTINEL`] to stderr. `$0` is the tag.
-const WRAPPER: &str = r#"if ! cd -- "$1" 2>/dev/null; then
+pub const WRAPPER: &str = r#"if ! cd -- "$1" 2>/dev/null; then
   if [ -e "$1" ]; then printf '\0stacyvm:workdir-not-dir' >&2; else printf '\0stacyvm:workdir-missing' >&2; fi
   exit 125
 fi
@@ -52,36 +56,66 @@ if [ "$rc" = 137 ]; then oom_kills; [ -n "$n" ] && [ "$n" != "$before" ] && prin
 exit "$rc"
 "#;
 
-/// Kills every process of one exec: `$1` is a regex matching the wrapper's
-/// tag but not itself (`[s]tacyvm-exec-...`), so neither this script nor
-/// its grep is a match. Prints `none`, `killed`, or `alive`.
-const KILLER: &str = r#"pat=$1
-roots=
-for f in $(grep -l -e "$pat" /proc/[0-9]*/cmdline 2>/dev/null); do p=${f#/proc/}; roots="$roots ${p%/cmdline}"; done
-[ -z "$roots" ] && { echo none; exit 0; }
-found=" $roots "
+/// Every exec's tag starts with this; the killer spares the processes of
+/// tagged execs other than its victim (and itself).
+const TAG_PREFIX: &str = "stacyvm-exec-";
+
+/// Kills what one exec started. `$1` is a regex matching the victim's tag
+/// but not itself (`[s]tacyvm-exec-...`), `$2` the prefix of every tag.
+/// The victim's start is the earliest start time (field 22 of
+/// `/proc/PID/stat`) of a process carrying its tag. Spared: PID 1, this
+/// script, processes that started before the victim, processes of other
+/// tagged execs, and every descendant of those. Everything else is frozen,
+/// collected again (it may have forked meanwhile), frozen, and killed.
+/// Prints `none` (the victim is gone), `killed`, or `alive`.
+const KILLER: &str = r#"victim=$1 prefix=$2
+pids() { for f in "$@"; do p=${f#/proc/}; printf '%s ' "${p%/cmdline}"; done; }
+roots=$(pids $(grep -l -e "$victim" /proc/[0-9]*/cmdline 2>/dev/null))
+tagged=$(pids $(grep -l -F -e "$prefix" /proc/[0-9]*/cmdline 2>/dev/null))
+start=
+for p in $roots; do
+  read -r line < "/proc/$p/stat" 2>/dev/null || continue
+  set -- ${line##*') '}
+  if [ -z "$start" ] || [ "${20}" -lt "$start" ]; then start=${20}; fi
+done
+[ -z "$start" ] && { echo none; exit 0; }
+keep=" $$ "
+for p in $tagged; do
+  case " $roots " in *" $p "*) ;; *) keep="$keep$p " ;; esac
+done
+found=" "
 collect() {
+  table=
+  for d in /proc/[0-9]*; do
+    p=${d#/proc/}
+    [ "$p" = 1 ] && continue
+    case "$keep$found" in *" $p "*) continue ;; esac
+    read -r line < "$d/stat" 2>/dev/null || continue
+    set -- ${line##*') '}
+    if [ "${20}" -lt "$start" ]; then keep="$keep$p "; else table="$table $p:$2"; fi
+  done
   changed=1
   while [ "$changed" = 1 ]; do
     changed=0
-    for d in /proc/[0-9]*; do
-      p=${d#/proc/}
-      case "$found" in *" $p "*) continue ;; esac
-      read -r line < "$d/stat" 2>/dev/null || continue
-      set -- ${line##*') '}
-      case "$found" in *" $2 "*) found="$found$p "; changed=1; continue ;; esac
-      case " $roots " in *" $3 "*) found="$found$p "; changed=1 ;; esac
+    rest=
+    for e in $table; do
+      case "$keep" in
+        *" ${e#*:} "*) keep="$keep${e%%:*} "; changed=1 ;;
+        *) rest="$rest $e" ;;
+      esac
     done
+    table=$rest
   done
+  for e in $table; do found="$found${e%%:*} "; done
 }
-collect; kill -STOP $found 2>/dev/null
-collect; kill -STOP $found 2>/dev/null
-collect; kill -KILL $found 2>/dev/null
+collect; [ "$found" = " " ] || kill -STOP $found 2>/dev/null
+collect; [ "$found" = " " ] || kill -STOP $found 2>/dev/null
+collect; [ "$found" = " " ] || kill -KILL $found 2>/dev/null
 i=0
 while [ $i -lt 200 ]; do
   alive=
   for p in $found; do
-    read -r line < /proc/$p/stat 2>/dev/null || continue
+    read -r line < "/proc/$p/stat" 2>/dev/null || continue
     set -- ${line##*') '}
     [ "$1" = Z ] || alive=1
   done
@@ -247,20 +281,14 @@ pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// The argv a user exec runs in the container, and its tag.
-pub fn user_argv(spec: &ExecSpec) -> (Vec<String>, String) {
-    let tag = format!("stacyvm-exec-{}", hex::encode(rand::random::<[u8; 12]>()));
-    let mut argv = vec![
-        "/bin/sh".into(),
-        "-c".into(),
-        WRAPPER.into(),
-        tag.clone(),
-        spec.workdir.to_string(),
-    ];
+/// The arguments of [`WRAPPER`] for a user exec: the workdir, then the
+/// command.
+pub fn user_args(spec: &ExecSpec) -> Vec<String> {
+    let mut args = vec![spec.workdir.to_string()];
     match spec.mode {
         ExecMode::Argv => {
-            argv.push(spec.command.clone());
-            argv.extend(spec.args.iter().cloned());
+            args.push(spec.command.clone());
+            args.extend(spec.args.iter().cloned());
         }
         ExecMode::Shell => {
             let mut line = spec.command.clone();
@@ -268,10 +296,15 @@ pub fn user_argv(spec: &ExecSpec) -> (Vec<String>, String) {
                 line.push(' ');
                 line.push_str(&shell_quote(arg));
             }
-            argv.extend(["/bin/sh".into(), "-c".into(), line]);
+            args.extend(["/bin/sh".into(), "-c".into(), line]);
         }
     }
-    (argv, tag)
+    args
+}
+
+/// A tag no other exec has: 96 random bits.
+fn new_tag() -> String {
+    format!("{TAG_PREFIX}{}", hex::encode(rand::random::<[u8; 12]>()))
 }
 
 type OutputStream = Pin<Box<dyn Stream<Item = Result<LogOutput, DockerError>> + Send>>;
@@ -291,8 +324,7 @@ impl Drop for AbortOnDrop {
 async fn start(
     docker: &Docker,
     container: &str,
-    argv: Vec<String>,
-    env: Vec<String>,
+    options: CreateExecOptions<String>,
     stdin: Option<Vec<u8>>,
     live_stdin: &mut Option<StdinStream>,
     exec_id: &mut Option<String>,
@@ -304,9 +336,7 @@ async fn start(
                 attach_stdin: Some(stdin.is_some() || live_stdin.is_some()),
                 attach_stdout: Some(true),
                 attach_stderr: Some(true),
-                cmd: Some(argv),
-                env: Some(env),
-                ..Default::default()
+                ..options
             },
         )
         .await?;
@@ -373,73 +403,83 @@ async fn exit_code(docker: &Docker, exec_id: &str) -> Result<i32, DockerError> {
     })
 }
 
-/// One command to run.
+/// One command to run: `sh -c script TAG args...`.
 #[derive(Clone)]
 pub struct Job {
-    pub argv: Vec<String>,
-    /// The wrapper's tag; without one a timed-out command is not killed.
-    pub tag: Option<String>,
+    pub script: &'static str,
+    pub args: Vec<String>,
+    /// `UID:GID` to run as.
+    pub user: String,
     pub env: Vec<String>,
     pub stdin: Option<Vec<u8>>,
     pub timeout: Duration,
     /// Bytes kept of each of stdout and stderr.
     pub limit: usize,
+    /// Whether a job stopped early is killed; not for the killer itself.
+    pub killable: bool,
 }
 
 /// Runs the job to completion, until its timeout, or until the client
-/// leaves (`out`'s tee is closed); on timeout or departure every process of
-/// the exec is killed before this returns. `live_stdin` is taken once the
-/// exec has started.
+/// leaves (`out`'s tee is closed, or `cancel` is cancelled); on timeout or
+/// departure every process the exec started is killed before this returns.
+/// `live_stdin` is taken once the exec has started.
 pub async fn run(
     docker: &Docker,
     container: &str,
     job: Job,
     live_stdin: &mut Option<StdinStream>,
     out: &mut Collected,
+    cancel: &CancellationToken,
 ) -> Result<Finished, DockerError> {
+    let tag = new_tag();
     let mut guard = KillOnDrop {
         docker: docker.clone(),
         container: container.to_string(),
-        tag: job.tag.clone(),
+        tag: job.killable.then(|| tag.clone()),
         exec_id: None,
     };
     let Job {
-        argv,
-        tag,
+        script,
+        args,
+        user,
         env,
         stdin,
         timeout,
         limit,
+        killable,
     } = job;
+    let mut argv = vec!["/bin/sh".to_string(), "-c".into(), script.into(), tag.clone()];
+    argv.extend(args);
+    let options = CreateExecOptions {
+        cmd: Some(argv),
+        env: Some(env),
+        user: Some(user),
+        ..Default::default()
+    };
     let left = out.left();
     let attempt = tokio::time::timeout(timeout, async {
-        let (output, _feeder) = start(docker, container, argv, env, stdin, live_stdin, &mut guard.exec_id).await?;
+        let (output, _feeder) = start(docker, container, options, stdin, live_stdin, &mut guard.exec_id).await?;
         tokio::select! {
             drained = drain(output, limit, out) => drained.map(|()| true),
             () = left => Ok(false),
+            () = cancel.cancelled() => Ok(false),
         }
     })
     .await;
     let exec_id = guard.disarm();
-    match attempt {
+    let finished = match attempt {
         Ok(Ok(true)) => {
             let id = exec_id.expect("a started exec has an id");
-            Ok(Finished::Exited(exit_code(docker, &id).await?))
+            return Ok(Finished::Exited(exit_code(docker, &id).await?));
         }
-        Ok(Ok(false)) => {
-            if let Some(tag) = tag {
-                kill(docker, container, &tag, exec_id.as_deref()).await?;
-            }
-            Ok(Finished::Cancelled)
-        }
-        Ok(Err(e)) => Err(e),
-        Err(_) => {
-            if let Some(tag) = tag {
-                kill(docker, container, &tag, exec_id.as_deref()).await?;
-            }
-            Ok(Finished::TimedOut)
-        }
+        Ok(Ok(false)) => Finished::Cancelled,
+        Ok(Err(e)) => return Err(e),
+        Err(_) => Finished::TimedOut,
+    };
+    if killable {
+        kill(docker, container, &tag, exec_id.as_deref()).await?;
     }
+    Ok(finished)
 }
 
 /// Kills the exec when the future running it is dropped (the client went
@@ -473,30 +513,30 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Kills every process of the exec tagged `tag` and waits until the daemon
-/// sees it ended.
+/// Kills every process the exec tagged `tag` started (see [`KILLER`]) and
+/// waits until the daemon sees it ended.
 async fn kill(docker: &Docker, container: &str, tag: &str, exec_id: Option<&str>) -> Result<(), DockerError> {
     let (first, rest) = tag.split_at(1);
     let pattern = format!("[{first}]{rest}");
+    let never = CancellationToken::new();
     for round in 0..KILL_ROUNDS {
         let mut report = Collected::default();
         let job = Job {
-            argv: vec![
-                "/bin/sh".into(),
-                "-c".into(),
-                KILLER.into(),
-                "stacyvm-kill".into(),
-                pattern.clone(),
-            ],
-            tag: None,
+            script: KILLER,
+            args: vec![pattern.clone(), TAG_PREFIX.into()],
+            // Root, and the container keeps CAP_KILL when commands run as
+            // another user: a command cannot kill the killer, and the killer
+            // can kill any command.
+            user: "0:0".into(),
             env: vec![],
             stdin: None,
             // The killer is quick; ten seconds only guards against a daemon
             // that accepts the exec but never runs it.
             timeout: Duration::from_secs(10),
             limit: 4096,
+            killable: false,
         };
-        if let Err(e) = Box::pin(run(docker, container, job, &mut None, &mut report)).await {
+        if let Err(e) = Box::pin(run(docker, container, job, &mut None, &mut report, &never)).await {
             // Under a fork bomb the killer may find no PID to start with.
             tracing::debug!(round, "the killer could not run: {e}");
         }
@@ -529,33 +569,35 @@ async fn kill(docker: &Docker, container: &str, tag: &str, exec_id: Option<&str>
     docker.restart_container(container, Some(options)).await
 }
 
-/// Runs a small internal script (file operations) with its arguments as
-/// argv, never interpolated.
+/// How long an internal script (a file operation) may run: they finish in
+/// milliseconds; a minute covers deleting a very large tree.
+pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs a small internal script (file operations) as `user`, with its
+/// arguments as argv, never interpolated. None when it ran past
+/// [`SCRIPT_TIMEOUT`] and was killed.
 pub async fn script(
     docker: &Docker,
     container: &str,
-    body: &str,
+    user: &str,
+    body: &'static str,
     args: &[&str],
     limit: usize,
-) -> Result<(i32, Collected), DockerError> {
-    let mut argv = vec!["/bin/sh".to_string(), "-c".into(), body.into(), "stacyvm".into()];
-    argv.extend(args.iter().map(|a| a.to_string()));
+) -> Result<Option<(i32, Collected)>, DockerError> {
     let mut out = Collected::default();
     let job = Job {
-        argv,
-        tag: None,
+        script: body,
+        args: args.iter().map(|a| a.to_string()).collect(),
+        user: user.to_string(),
         env: vec![],
         stdin: None,
-        // File operations finish in milliseconds; a minute covers deleting
-        // a very large tree.
-        timeout: Duration::from_secs(60),
+        timeout: SCRIPT_TIMEOUT,
         limit,
+        killable: true,
     };
-    match run(docker, container, job, &mut None, &mut out).await? {
-        Finished::Exited(code) => Ok((code, out)),
-        Finished::TimedOut | Finished::Cancelled => Err(DockerError::DockerStreamError {
-            error: "a file operation ran past one minute".into(),
-        }),
+    match run(docker, container, job, &mut None, &mut out, &CancellationToken::new()).await? {
+        Finished::Exited(code) => Ok(Some((code, out))),
+        Finished::TimedOut | Finished::Cancelled => Ok(None),
     }
 }
 

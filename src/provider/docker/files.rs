@@ -1,9 +1,13 @@
 //! File operations on a container.
 //!
 //! Contents move through the Engine API's archive endpoints (tar), so they
-//! are binary-safe and need nothing in the image. Metadata operations run
-//! small `sh` scripts with busybox-compatible commands; paths always travel
-//! as argv, never inside the script. Messages match the wasm provider's.
+//! are binary-safe and need nothing in the image; what they write belongs to
+//! the sandbox user. Metadata operations run small `sh` scripts with
+//! busybox-compatible commands as the sandbox user; paths always travel as
+//! argv, never inside the script. Messages match the wasm provider's.
+//!
+//! Everything read back from the container (archive streams, `stat` and
+//! `find` output) is capped before it is kept or parsed.
 
 use std::io::Read;
 use std::time::{Duration, SystemTime};
@@ -13,6 +17,7 @@ use bollard::errors::Error as DockerError;
 use bollard::query_parameters::{ContainerArchiveInfoOptions, DownloadFromContainerOptions, UploadToContainerOptions};
 use futures_util::StreamExt;
 
+use super::ContainerUser;
 use super::connection::{message, status_code};
 use super::exec;
 use super::glob;
@@ -35,6 +40,14 @@ const TAR_OVERHEAD: usize = 64 << 10;
 /// Output kept from a listing or a glob walk: about 100 000 paths, the
 /// same walk budget as the wasm provider.
 const WALK_OUTPUT_LIMIT: usize = 16 << 20;
+/// Entries one listing may report; the output limit allows no more anyway.
+const MAX_LIST_ENTRIES: usize = 1_000_000;
+/// Missing parent directories one write may create. Each costs a round trip
+/// to the daemon to find, so a 2000-level path must not mean 2000 of them.
+const MAX_NEW_PARENTS: usize = 64;
+/// The latest modification time reported (9999-12-31T23:59:59Z): RFC 3339
+/// has four-digit years, and a container's `stat` may print anything.
+const MAX_MTIME: i64 = 253_402_300_799;
 
 /// An error the script reported for `path`, or an internal one.
 fn script_error(path: &SandboxPath, code: i32, out: &exec::Collected) -> ProviderError {
@@ -57,6 +70,10 @@ pub struct Files<'a> {
     pub docker: &'a Docker,
     pub container: &'a str,
     pub file_limit: usize,
+    /// Who owns what is written, and who runs the scripts.
+    pub user: ContainerUser,
+    /// The writable layer's size limit, when the driver enforces one.
+    pub disk_quota_mb: Option<u64>,
 }
 
 /// A failure: the daemon's (to be mapped by the caller) or one already in
@@ -81,8 +98,86 @@ impl From<ProviderError> for FileError {
 type Result<T> = std::result::Result<T, FileError>;
 
 impl Files<'_> {
-    async fn script(&self, body: &str, args: &[&str], limit: usize) -> Result<(i32, exec::Collected)> {
-        Ok(exec::script(self.docker, self.container, body, args, limit).await?)
+    /// Runs a file script as the sandbox user; one that runs past its time
+    /// is a limit the client hit (a huge tree), not a server fault.
+    async fn script(
+        &self,
+        what: &str,
+        body: &'static str,
+        args: &[&str],
+        limit: usize,
+    ) -> Result<(i32, exec::Collected)> {
+        match exec::script(self.docker, self.container, &self.user.spec(), body, args, limit).await? {
+            Some(done) => Ok(done),
+            None => Err(ProviderError::QuotaExceeded(format!(
+                "{what} ran past its limit of {} and was stopped",
+                crate::duration::format(exec::SCRIPT_TIMEOUT)
+            ))
+            .into()),
+        }
+    }
+
+    /// A tar header owned by the sandbox user, stamped now.
+    fn header(&self, kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_size(size);
+        header.set_mode(mode);
+        header.set_uid(u64::from(self.user.uid));
+        header.set_gid(u64::from(self.user.gid));
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        header.set_mtime(now.as_secs());
+        header
+    }
+
+    /// Extracts `archive` at the container's `/`; the daemon resolves every
+    /// component inside the container's own file system.
+    async fn upload(&self, archive: Vec<u8>) -> std::result::Result<(), DockerError> {
+        let options = UploadToContainerOptions {
+            path: "/".into(),
+            ..Default::default()
+        };
+        self.docker
+            .upload_to_container(self.container, Some(options), bollard::body_full(archive.into()))
+            .await
+    }
+
+    /// Makes `/workspace` a directory of the sandbox user, before the
+    /// container starts. An existing one (from the image) is handed over;
+    /// what it holds is not.
+    pub async fn make_workspace(&self) -> Result<()> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = self.header(tar::EntryType::Directory, 0, 0o755);
+        builder
+            .append_data(&mut header, "workspace/", std::io::empty())
+            .map_err(|e| ProviderError::Internal(e.into()))?;
+        let archive = builder.into_inner().map_err(|e| ProviderError::Internal(e.into()))?;
+        Ok(self.upload(archive).await?)
+    }
+
+    /// The parent directories of `path` that do not exist yet, outermost
+    /// first. The daemon would make them root's; the archive makes them the
+    /// user's.
+    async fn missing_parents(&self, path: &SandboxPath) -> Result<Vec<SandboxPath>> {
+        let mut missing = vec![];
+        let mut dir = path.parent();
+        while let Some(d) = dir.filter(|d| !d.is_root()) {
+            if self.archive_stat(&d.to_string()).await?.is_some() {
+                break;
+            }
+            if missing.len() == MAX_NEW_PARENTS {
+                return Err(ProviderError::InvalidInput(format!(
+                    "{path} needs more than {MAX_NEW_PARENTS} new parent directories; create some first"
+                ))
+                .into());
+            }
+            dir = d.parent();
+            missing.push(d);
+        }
+        missing.reverse();
+        Ok(missing)
     }
 
     /// The archive endpoint's stat: lstat of the last component. None when
@@ -104,41 +199,45 @@ impl Files<'_> {
         if path.is_root() {
             return Err(ProviderError::InvalidInput("cannot write to the sandbox root".into()).into());
         }
-        // Extracting a file over a directory would replace the directory.
-        if let Some((go_mode, _, _)) = self.archive_stat(&path.to_string()).await?
-            && go_mode & GO_MODE_DIR != 0
-        {
-            return Err(ProviderError::InvalidInput(format!("{path} is a directory")).into());
-        }
-        let mut header = tar::Header::new_gnu();
-        header.set_size(data.len() as u64);
-        header.set_mode(mode);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_entry_type(tar::EntryType::Regular);
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        header.set_mtime(now.as_secs());
-        let mut builder = tar::Builder::new(Vec::with_capacity(data.len() + 1024));
-        builder
-            .append_data(&mut header, path.relative(), data.as_slice())
-            .map_err(|e| ProviderError::Internal(e.into()))?;
-        let archive = builder.into_inner().map_err(|e| ProviderError::Internal(e.into()))?;
-        // Extracted at `/`, the daemon creates missing parents and resolves
-        // every component inside the container's own file system.
-        let options = UploadToContainerOptions {
-            path: "/".into(),
-            ..Default::default()
+        let parents = match self.archive_stat(&path.to_string()).await? {
+            // Extracting a file over a directory would replace the directory.
+            Some((go_mode, _, _)) if go_mode & GO_MODE_DIR != 0 => {
+                return Err(ProviderError::InvalidInput(format!("{path} is a directory")).into());
+            }
+            Some(_) => vec![],
+            None => self.missing_parents(path).await?,
         };
-        match self
-            .docker
-            .upload_to_container(self.container, Some(options), bollard::body_full(archive.into()))
-            .await
-        {
+        let mut builder = tar::Builder::new(Vec::with_capacity(data.len() + 1024 * (parents.len() + 1)));
+        let built = parents
+            .iter()
+            .try_for_each(|dir| {
+                let mut header = self.header(tar::EntryType::Directory, 0, 0o755);
+                builder.append_data(&mut header, format!("{}/", dir.relative()), std::io::empty())
+            })
+            .and_then(|()| {
+                let mut header = self.header(tar::EntryType::Regular, data.len() as u64, mode);
+                builder.append_data(&mut header, path.relative(), data.as_slice())
+            });
+        built.map_err(|e| ProviderError::Internal(e.into()))?;
+        let archive = builder.into_inner().map_err(|e| ProviderError::Internal(e.into()))?;
+        match self.upload(archive).await {
             Ok(()) => Ok(()),
             Err(e) if matches!(status_code(&e), Some(400 | 403 | 500)) && message(&e).contains("not a directory") => {
                 Err(ProviderError::InvalidInput(format!("a parent of {path} is not a directory")).into())
+            }
+            Err(e)
+                if matches!(status_code(&e), Some(400 | 403 | 500))
+                    && ["no space left", "quota exceeded"]
+                        .iter()
+                        .any(|m| message(&e).to_lowercase().contains(m)) =>
+            {
+                let quota = self
+                    .disk_quota_mb
+                    .map_or_else(String::new, |mb| format!(" of {mb} MiB"));
+                Err(ProviderError::QuotaExceeded(format!(
+                    "writing {path} would exceed the sandbox's disk quota{quota}"
+                ))
+                .into())
             }
             Err(e) => Err(e.into()),
         }
@@ -199,7 +298,9 @@ impl Files<'_> {
         for entry in entries {
             let mut entry = entry.map_err(|e| ProviderError::Internal(e.into()))?;
             if entry.header().entry_type().is_file() {
-                let mut data = Vec::with_capacity(entry.size() as usize);
+                // The header's size is the daemon's word; the archive is
+                // already known to be within the limit.
+                let mut data = Vec::with_capacity((entry.size() as usize).min(limit));
                 entry
                     .read_to_end(&mut data)
                     .map_err(|e| ProviderError::Internal(e.into()))?;
@@ -212,7 +313,7 @@ impl Files<'_> {
     pub async fn stat(&self, path: &SandboxPath) -> Result<FileEntry> {
         const STAT: &str = r#"[ -e "$1" ] || [ -L "$1" ] || exit 10
 exec stat -c '%f %s %Y' -- "$1""#;
-        let (code, out) = self.script(STAT, &[&path.to_string()], 4096).await?;
+        let (code, out) = self.script("stat", STAT, &[&path.to_string()], 4096).await?;
         if code != 0 {
             return Err(script_error(path, code, &out).into());
         }
@@ -225,6 +326,7 @@ exec stat -c '%f %s %Y' -- "$1""#;
         // NUL-terminated names, then their N stat lines in the same order.
         const LIST: &str = r#"if ! cd -- "$1" 2>/dev/null; then
   [ -e "$1" ] || exit 10
+  [ -d "$1" ] && { echo "cannot open the directory: permission denied" >&2; exit 1; }
   echo file
   exec stat -L -c '%f %s %Y' -- "$1"
 fi
@@ -238,7 +340,16 @@ echo "dir $#"
 [ $# -eq 0 ] && exit 0
 printf '%s\0' "$@"
 exec stat -c '%f %s %Y' -- "$@""#;
-        let (code, out) = self.script(LIST, &[&path.to_string()], WALK_OUTPUT_LIMIT).await?;
+        let (code, out) = self
+            .script("listing", LIST, &[&path.to_string()], WALK_OUTPUT_LIMIT)
+            .await?;
+        if out.truncated {
+            return Err(ProviderError::QuotaExceeded(format!(
+                "{path} has too many entries to list: their names and details exceed {} MiB",
+                WALK_OUTPUT_LIMIT >> 20
+            ))
+            .into());
+        }
         if code != 0 {
             return Err(script_error(path, code, &out).into());
         }
@@ -258,6 +369,7 @@ exec stat -c '%f %s %Y' -- "$@""#;
         let count: usize = head
             .strip_prefix("dir ")
             .and_then(|n| n.parse().ok())
+            .filter(|n| *n <= MAX_LIST_ENTRIES)
             .ok_or_else(|| bad_output("list", &out))?;
         let mut parts = rest.splitn(count + 1, |b| *b == 0);
         let names: Vec<String> = parts
@@ -294,7 +406,7 @@ if [ -d "$1" ] && [ ! -L "$1" ]; then
 fi
 exec rm -f -- "$1""#;
         let flag = if recursive { "1" } else { "0" };
-        let (code, out) = self.script(DELETE, &[&path.to_string(), flag], 4096).await?;
+        let (code, out) = self.script("delete", DELETE, &[&path.to_string(), flag], 4096).await?;
         if code != 0 {
             return Err(script_error(path, code, &out).into());
         }
@@ -320,7 +432,7 @@ exec mv -f -- "$1" "$2""#;
             .map(|p| p.to_string())
             .unwrap_or_default();
         let (code, out) = self
-            .script(MOVE, &[&from.to_string(), &to.to_string(), &parent], 4096)
+            .script("move", MOVE, &[&from.to_string(), &to.to_string(), &parent], 4096)
             .await?;
         match code {
             0 => Ok(()),
@@ -333,7 +445,7 @@ exec mv -f -- "$1" "$2""#;
         const CHMOD: &str = r#"[ -e "$1" ] || exit 10
 exec chmod -- "$2" "$1""#;
         let (code, out) = self
-            .script(CHMOD, &[&path.to_string(), &format!("{mode:o}")], 4096)
+            .script("chmod", CHMOD, &[&path.to_string(), &format!("{mode:o}")], 4096)
             .await?;
         if code != 0 {
             return Err(script_error(path, code, &out).into());
@@ -344,48 +456,45 @@ exec chmod -- "$2" "$1""#;
     pub async fn glob(&self, pattern: &str) -> Result<Vec<String>> {
         let plan = glob::Plan::new(pattern).map_err(ProviderError::InvalidInput)?;
         // Directories, an empty name, then everything else; all
-        // NUL-terminated. /proc, /sys and /dev are the kernel's, not files.
-        const WALK: &str = r#"[ -d "$1" ] || exit 0
-start=$1; shift
-find "$start" "$@" \( -path /proc -o -path /sys -o -path /dev \) -prune -o -type d -print0
-printf '\0'
-find "$start" "$@" \( -path /proc -o -path /sys -o -path /dev \) -prune -o ! -type d -print0"#;
+        // NUL-terminated, and no more than `$1` bytes: `head` stops the walk
+        // there. /proc, /sys and /dev are the kernel's, not files.
+        const WALK: &str = r#"[ -d "$2" ] || exit 0
+limit=$1 start=$2; shift 2
+{
+  find "$start" "$@" \( -path /proc -o -path /sys -o -path /dev \) -prune -o -type d -print0
+  printf '\0'
+  find "$start" "$@" \( -path /proc -o -path /sys -o -path /dev \) -prune -o ! -type d -print0
+} 2>/dev/null | head -c "$limit""#;
         let start = plan.start.to_string();
         let depth = plan.max_depth.map(|d| d.to_string());
-        let mut args = vec![start.as_str()];
+        let limit = WALK_OUTPUT_LIMIT.to_string();
+        let mut args = vec![limit.as_str(), start.as_str()];
         if let Some(depth) = &depth {
             args.extend(["-maxdepth", depth.as_str()]);
         }
-        let (code, out) = self.script(WALK, &args, WALK_OUTPUT_LIMIT).await?;
+        let (code, out) = self.script("glob", WALK, &args, WALK_OUTPUT_LIMIT).await?;
         if code != 0 && out.stdout.is_empty() {
             return Err(bad_output("glob", &out).into());
         }
-        let mut is_dir = true;
-        let mut found = vec![];
-        let mut items: Vec<&[u8]> = out.stdout.split(|b| *b == 0).collect();
-        // A walk cut at the output cap ends in a partial name.
-        items.pop();
-        for item in items {
-            if item.is_empty() {
-                is_dir = false;
-                continue;
-            }
-            let path = String::from_utf8_lossy(item);
-            if plan.matches(&path, is_dir) {
-                found.push(path.into_owned());
-            }
-        }
-        found.sort();
-        found.dedup();
-        Ok(found)
+        // Matching costs CPU in proportion to what the container listed: off
+        // the async workers, and bounded by the plan's budgets.
+        tokio::task::spawn_blocking(move || plan.select(&out.stdout))
+            .await
+            .map_err(|e| ProviderError::Internal(e.into()).into())
     }
 }
 
+/// Output of a file script that cannot be read: the container's own tools
+/// printed it (an image without a usable `stat` or `find`, or one that lies),
+/// so it is the client's to hear, with the detail in the log.
 fn bad_output(what: &str, out: &exec::Collected) -> ProviderError {
-    ProviderError::Internal(anyhow::anyhow!(
+    tracing::warn!(
         "unexpected output of the {what} script: stdout {:?}, stderr {:?}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(512)]),
+        String::from_utf8_lossy(&out.stderr[..out.stderr.len().min(512)])
+    );
+    ProviderError::InvalidInput(format!(
+        "the container answered the {what} with output stacyvm cannot read; the image needs a POSIX sh, stat and find"
     ))
 }
 
@@ -394,9 +503,9 @@ fn parse_entry(path: &SandboxPath, line: &str) -> Option<FileEntry> {
     let mut fields = line.split_whitespace();
     let raw = u32::from_str_radix(fields.next()?, 16).ok()?;
     let size: u64 = fields.next()?.parse().ok()?;
-    let mtime: i64 = fields.next()?.parse().ok()?;
+    let mtime: i64 = fields.next()?.parse::<i64>().ok()?.clamp(0, MAX_MTIME);
     let is_dir = raw & 0o170000 == 0o040000;
-    let modified = SystemTime::UNIX_EPOCH + Duration::from_secs(mtime.max(0) as u64);
+    let modified = SystemTime::UNIX_EPOCH + Duration::from_secs(mtime as u64);
     Some(FileEntry {
         name: path.file_name().unwrap_or("/").to_string(),
         path: path.to_string(),
@@ -429,5 +538,24 @@ mod tests {
         let dir = parse_entry(&SandboxPath::parse("/tmp").unwrap(), "43ff 4096 0").unwrap();
         assert_eq!((dir.is_dir, dir.size, dir.mode.as_str()), (true, 0, "1777"));
         assert!(parse_entry(&path, "zz 1 2").is_none());
+    }
+
+    #[test]
+    fn whatever_a_container_stat_prints_parses_or_is_refused_without_a_panic() {
+        let path = SandboxPath::parse("a").unwrap();
+        let mtime = |line: &str| parse_entry(&path, line).map(|e| e.mod_time);
+        let table = [
+            ("81a4 1 9223372036854775807", Some("9999-12-31T23:59:59Z")),
+            ("81a4 1 253402300800", Some("9999-12-31T23:59:59Z")),
+            ("81a4 1 -9223372036854775808", Some("1970-01-01T00:00:00Z")),
+            ("81a4 18446744073709551615 0", Some("1970-01-01T00:00:00Z")),
+            ("81a4 18446744073709551616 0", None),
+            ("ffffffffff 1 0", None),
+            ("81a4 1 99999999999999999999", None),
+            ("", None),
+        ];
+        for (line, want) in table {
+            assert_eq!(mtime(line).as_deref(), want, "{line:?}");
+        }
     }
 }

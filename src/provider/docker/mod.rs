@@ -2,9 +2,14 @@
 //! through the Docker Engine API (bollard).
 //!
 //! - `connection`: the daemon link, its availability and the recheck task;
-//! - `exec`: commands under a tagged wrapper, killed for good on timeout;
+//! - `exec`: tagged commands, killed for good on timeout or departure;
 //! - `files`: archive endpoints for contents, argv-only scripts for metadata;
 //! - `glob`: the wasm provider's glob semantics over a `find` listing.
+//!
+//! Commands and file operations run as `docker.user` (not root by
+//! default); the keep-alive and the killer run as root. `/workspace` lives
+//! in the container's writable layer, which is limited to the sandbox disk
+//! quota where the storage driver can do it.
 //!
 //! Containers carry labels: `stacyvm.sandbox`, `stacyvm.tenant`, and
 //! `stacyvm.instance`, a hash of the canonical data directory, so servers
@@ -18,6 +23,7 @@ mod glob;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -39,6 +45,7 @@ use super::{
 use crate::sandbox::Sandbox;
 use crate::sandbox::path::SandboxPath;
 use crate::settings::Settings;
+use tokio_util::sync::CancellationToken;
 
 const LABEL_SANDBOX: &str = "stacyvm.sandbox";
 const LABEL_TENANT: &str = "stacyvm.tenant";
@@ -48,6 +55,10 @@ const LABEL_DATA_DIR: &str = "stacyvm.data_dir";
 /// Keeps the container alive doing nothing; docker-init (`init: true`) is
 /// PID 1 and reaps whatever the execs leave behind.
 const KEEPALIVE: &str = "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done";
+
+/// Longest image reference accepted: Docker's own limits (a 255-byte
+/// name, a 128-byte tag, a digest) add up to less.
+const MAX_IMAGE_REFERENCE: usize = 512;
 
 /// How long a pull may take before the image counts as not pullable. A
 /// typical image arrives within seconds; a registry that does not answer
@@ -61,6 +72,78 @@ pub async fn start(settings: &Settings) -> Arc<dyn Provider> {
     Arc::new(DockerProvider::new(settings).await)
 }
 
+/// The user commands and file operations run as, from `docker.user`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContainerUser {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl ContainerUser {
+    /// `UID:GID`, or `UID` alone for the group of the same number. Names are
+    /// refused: they mean different ids in different images.
+    pub fn parse(spec: &str) -> Option<ContainerUser> {
+        let number = |s: &str| {
+            (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| s.parse().ok())
+                .flatten()
+        };
+        match spec.trim().split_once(':') {
+            Some((uid, gid)) => Some(ContainerUser {
+                uid: number(uid)?,
+                gid: number(gid)?,
+            }),
+            None => {
+                let id = number(spec.trim())?;
+                Some(ContainerUser { uid: id, gid: id })
+            }
+        }
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.uid == 0
+    }
+
+    /// As the Engine API takes it.
+    pub fn spec(&self) -> String {
+        format!("{}:{}", self.uid, self.gid)
+    }
+}
+
+/// Whether `image` may be created under the allow-list `patterns` (globs
+/// with `*`, `?` and `[...]`; empty allows everything). Patterns match the
+/// reference as written, `/`-separated part by part, so `*` never crosses
+/// a `/`: `python:*` does not let `python:5000/other` name another
+/// registry. A reference without a tag or digest is also tried with
+/// `:latest`, as Docker reads it.
+pub fn image_allowed(patterns: &[String], image: &str) -> bool {
+    fn matches(pattern: &str, image: &str) -> bool {
+        let (mut p, mut i) = (pattern.split('/'), image.split('/'));
+        loop {
+            match (p.next(), i.next()) {
+                (None, None) => return true,
+                (Some(p), Some(i)) if super::glob::wildcard_match(p, i) => {}
+                _ => return false,
+            }
+        }
+    }
+    if patterns.is_empty() {
+        return true;
+    }
+    let name_start = image.rfind('/').map_or(0, |i| i + 1);
+    let untagged = !image.contains('@') && !image[name_start..].contains(':');
+    let latest = format!("{image}:latest");
+    patterns
+        .iter()
+        .any(|p| matches(p.trim(), image) || (untagged && matches(p.trim(), &latest)))
+}
+
+/// Whether the storage driver limits a container's writable layer: not
+/// known until the first create tries.
+const SIZE_LIMIT_UNKNOWN: u8 = 0;
+const SIZE_LIMIT_SUPPORTED: u8 = 1;
+const SIZE_LIMIT_UNSUPPORTED: u8 = 2;
+
 pub struct DockerProvider {
     conn: Arc<Connection>,
     instance: String,
@@ -71,6 +154,11 @@ pub struct DockerProvider {
     on_shutdown: String,
     output_limit: usize,
     file_limit: usize,
+    user: ContainerUser,
+    allowed_images: Vec<String>,
+    disk_quota_mb: u64,
+    /// One of the `SIZE_LIMIT_*` values.
+    size_limit: AtomicU8,
 }
 
 impl DockerProvider {
@@ -93,6 +181,11 @@ impl DockerProvider {
             on_shutdown: d.on_shutdown.clone(),
             output_limit: settings.exec.output_limit_bytes,
             file_limit: settings.http.file_limit_bytes.max(settings.http.body_limit_bytes),
+            // Validated with the settings.
+            user: ContainerUser::parse(&d.user).unwrap_or(ContainerUser { uid: 65534, gid: 65534 }),
+            allowed_images: d.allowed_images.clone(),
+            disk_quota_mb: settings.sandbox.disk_quota_mb,
+            size_limit: AtomicU8::new(SIZE_LIMIT_UNKNOWN),
         }
     }
 
@@ -124,6 +217,9 @@ impl DockerProvider {
             docker,
             container: name,
             file_limit: self.file_limit,
+            user: self.user,
+            disk_quota_mb: (self.size_limit.load(Ordering::Relaxed) == SIZE_LIMIT_SUPPORTED)
+                .then_some(self.disk_quota_mb),
         }
     }
 
@@ -165,7 +261,7 @@ impl DockerProvider {
         )))
     }
 
-    fn create_body(&self, sandbox: &Sandbox) -> ContainerCreateBody {
+    fn create_body(&self, sandbox: &Sandbox, size_limit: bool) -> ContainerCreateBody {
         let labels = HashMap::from([
             (LABEL_SANDBOX.to_string(), sandbox.id.as_str().to_string()),
             (LABEL_TENANT.to_string(), sandbox.tenant.as_str().to_string()),
@@ -173,15 +269,19 @@ impl DockerProvider {
             (LABEL_DATA_DIR.to_string(), self.data_dir.clone()),
         ]);
         let memory = (sandbox.memory_mb << 20) as i64;
+        // Commands running as another user need the killer (root) to hold
+        // CAP_KILL; their own processes get no capability at all.
+        let cap_add = (!self.user.is_root()).then(|| vec!["KILL".to_string()]);
+        let storage_opt = size_limit.then(|| HashMap::from([("size".to_string(), format!("{}m", self.disk_quota_mb))]));
         ContainerCreateBody {
             image: Some(sandbox.image.clone()),
             entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
             cmd: Some(vec![KEEPALIVE.into()]),
+            // The keep-alive runs as root, out of reach of the commands.
+            user: Some("0:0".into()),
+            // /workspace is part of the writable layer, so the size limit
+            // covers it; `make_workspace` creates it for the user.
             working_dir: Some("/workspace".into()),
-            // An anonymous volume: /workspace exists whatever the image, its
-            // files persist across execs, and `v: true` removes it with the
-            // container.
-            volumes: Some(vec!["/workspace".into()]),
             labels: Some(labels),
             host_config: Some(HostConfig {
                 memory: Some(memory),
@@ -190,12 +290,65 @@ impl DockerProvider {
                 nano_cpus: Some(i64::from(sandbox.vcpus) * 1_000_000_000),
                 pids_limit: Some(self.pids_limit),
                 cap_drop: Some(vec!["ALL".into()]),
+                cap_add,
+                storage_opt,
                 security_opt: Some(vec!["no-new-privileges".into()]),
                 init: Some(true),
                 network_mode: Some(self.network_mode().to_string()),
                 ..Default::default()
             }),
             ..Default::default()
+        }
+    }
+
+    /// Creates the container, limiting its writable layer to the disk quota
+    /// unless the storage driver is known not to support that. The first
+    /// refusal is logged once, and later creates no longer ask.
+    async fn create_container(&self, docker: &Docker, name: &str, sandbox: &Sandbox) -> Result<(), ProviderError> {
+        let options = CreateContainerOptions {
+            name: Some(name.to_string()),
+            ..Default::default()
+        };
+        let mut size_limit = self.size_limit.load(Ordering::Relaxed) != SIZE_LIMIT_UNSUPPORTED;
+        let mut network_made = false;
+        loop {
+            let e = match docker
+                .create_container(Some(options.clone()), self.create_body(sandbox, size_limit))
+                .await
+            {
+                Ok(_) => {
+                    if size_limit && self.size_limit.swap(SIZE_LIMIT_SUPPORTED, Ordering::Relaxed) == SIZE_LIMIT_UNKNOWN
+                    {
+                        tracing::info!(
+                            "docker sandboxes' writable layers, /workspace included, are limited to sandbox.disk_quota_mb = {} MiB",
+                            self.disk_quota_mb
+                        );
+                    }
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            if size_limit && refuses_size_limit(&e) {
+                if self.size_limit.swap(SIZE_LIMIT_UNSUPPORTED, Ordering::Relaxed) != SIZE_LIMIT_UNSUPPORTED {
+                    tracing::warn!(
+                        "the docker storage driver cannot limit a container's size, so sandbox.disk_quota_mb is not enforced for docker sandboxes (the daemon said: {})",
+                        connection::message(&e).trim()
+                    );
+                }
+                size_limit = false;
+            } else if self.network == "internal"
+                && !network_made
+                && status_code(&e) == Some(404)
+                && connection::message(&e).contains("network")
+            {
+                // Someone removed the network since the daemon was first seen.
+                connection::ensure_internal_network(docker)
+                    .await
+                    .map_err(|e| self.docker_error("network create", e))?;
+                network_made = true;
+            } else {
+                return Err(self.docker_error("container create", e));
+            }
         }
     }
 
@@ -243,9 +396,10 @@ impl DockerProvider {
         job: Job,
         live_stdin: &mut Option<StdinStream>,
         out: &mut Collected,
+        cancel: &CancellationToken,
     ) -> Result<Finished, ProviderError> {
         let retry = job.clone();
-        match exec::run(docker, name, job, live_stdin, out).await {
+        match exec::run(docker, name, job, live_stdin, out, cancel).await {
             Ok(done) => Ok(done),
             Err(e) if status_code(&e) == Some(409) => {
                 tracing::info!(container = name, "container was not running; starting it again");
@@ -254,7 +408,7 @@ impl DockerProvider {
                     .await
                     .map_err(|e| self.docker_error("container start", e))?;
                 out.reset();
-                exec::run(docker, name, retry, live_stdin, out)
+                exec::run(docker, name, retry, live_stdin, out, cancel)
                     .await
                     .map_err(|e| self.docker_error("exec", e))
             }
@@ -262,6 +416,16 @@ impl DockerProvider {
             Err(e) => Err(self.docker_error("exec", e)),
         }
     }
+}
+
+/// Whether the daemon refused a create for its `StorageOpt` size: overlay2
+/// off xfs with `pquota`, vfs, or a driver without quotas.
+fn refuses_size_limit(e: &DockerError) -> bool {
+    let message = connection::message(e).to_lowercase();
+    matches!(status_code(e), Some(400 | 500))
+        && ["storage-opt", "storage opt", "storageopt", "storage option", "quota"]
+            .iter()
+            .any(|m| message.contains(m))
 }
 
 fn gone(name: &str) -> ProviderError {
@@ -314,9 +478,17 @@ impl Provider for DockerProvider {
         self.conn.client()?;
         match requested.map(str::trim) {
             None | Some("") => Ok(self.default_image.clone()),
-            Some(image) if image.chars().any(|c| c.is_whitespace() || c.is_control()) => Err(
-                ProviderError::InvalidInput(format!("{image:?} is not a docker image reference")),
-            ),
+            Some(image)
+                if image.len() > MAX_IMAGE_REFERENCE || image.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+            {
+                Err(ProviderError::InvalidInput(format!(
+                    "{image:?} is not a docker image reference"
+                )))
+            }
+            Some(image) if !image_allowed(&self.allowed_images, image) => Err(ProviderError::InvalidInput(format!(
+                "docker image {image:?} is not allowed on this server; allowed images match {}",
+                self.allowed_images.join(", ")
+            ))),
             Some(image) => Ok(image.to_string()),
         }
     }
@@ -325,28 +497,20 @@ impl Provider for DockerProvider {
         let docker = self.conn.client()?;
         self.ensure_image(&docker, &sandbox.image).await?;
         let name = Self::container_name(sandbox);
-        let options = CreateContainerOptions {
-            name: Some(name.clone()),
-            ..Default::default()
-        };
-        let mut created = docker
-            .create_container(Some(options.clone()), self.create_body(sandbox))
-            .await;
-        if self.network == "internal"
-            && let Err(e) = &created
-            && status_code(e) == Some(404)
-            && connection::message(e).contains("network")
-        {
-            // Someone removed the network since the daemon was first seen.
-            connection::ensure_internal_network(&docker)
+        self.create_container(&docker, &name, sandbox).await?;
+        let ready = async {
+            self.files(&docker, &name)
+                .make_workspace()
                 .await
-                .map_err(|e| self.docker_error("network create", e))?;
-            created = docker.create_container(Some(options), self.create_body(sandbox)).await;
-        }
-        created.map_err(|e| self.docker_error("container create", e))?;
-        if let Err(e) = docker.start_container(&name, None).await {
+                .map_err(|e| self.file_error("workspace setup", e))?;
+            docker
+                .start_container(&name, None)
+                .await
+                .map_err(|e| self.docker_error("container start", e))
+        };
+        if let Err(e) = ready.await {
             self.remove(&docker, &name).await.ok();
-            return Err(self.docker_error("container start", e));
+            return Err(e);
         }
         Ok(())
     }
@@ -390,23 +554,27 @@ impl Provider for DockerProvider {
 
     /// Output is sent as the command writes it (kept bytes only, like the
     /// result); live stdin is fed while it runs and its end closes the
-    /// command's stdin; a closed output receiver kills the command.
+    /// command's stdin; a closed output receiver or a cancelled `io.cancel`
+    /// kills the command.
     async fn exec_io(&self, sandbox: &Sandbox, spec: ExecSpec, io: ExecIo) -> Result<ExecOutput, ProviderError> {
         let docker = self.conn.client()?;
         let name = Self::container_name(sandbox);
-        let (argv, tag) = exec::user_argv(&spec);
         let job = Job {
-            argv,
-            tag: Some(tag),
+            script: exec::WRAPPER,
+            args: exec::user_args(&spec),
+            user: self.user.spec(),
             env: spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             stdin: spec.stdin.clone(),
             timeout: spec.timeout,
             limit: self.output_limit,
+            killable: true,
         };
         let started = Instant::now();
         let mut out = Collected::with_tee(io.output);
         let mut live_stdin = io.stdin;
-        let finished = self.run_job(&docker, &name, job, &mut live_stdin, &mut out).await?;
+        let finished = self
+            .run_job(&docker, &name, job, &mut live_stdin, &mut out, &io.cancel)
+            .await?;
         let duration = started.elapsed();
         let code = match finished {
             Finished::Exited(code) => code,
@@ -541,7 +709,8 @@ impl Provider for DockerProvider {
             mem_bytes: memory.usage,
             mem_limit_bytes: Some(sandbox.memory_mb << 20),
             disk_bytes: None,
-            disk_limit_bytes: None,
+            disk_limit_bytes: (self.size_limit.load(Ordering::Relaxed) == SIZE_LIMIT_SUPPORTED)
+                .then_some(self.disk_quota_mb << 20),
         })
     }
 
@@ -620,6 +789,104 @@ fn cpu_percent(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_user_takes_numeric_ids_only() {
+        let table = [
+            ("65534:65534", Some((65534, 65534))),
+            ("1000", Some((1000, 1000))),
+            ("0:0", Some((0, 0))),
+            (" 1000:100 ", Some((1000, 100))),
+            ("nobody", None),
+            ("1000:users", None),
+            ("-1:0", None),
+            ("", None),
+            (":", None),
+            ("4294967296:0", None),
+        ];
+        for (spec, want) in table {
+            assert_eq!(ContainerUser::parse(spec).map(|u| (u.uid, u.gid)), want, "{spec:?}");
+        }
+        assert!(ContainerUser::parse("0:5").unwrap().is_root());
+        assert_eq!(ContainerUser::parse("7").unwrap().spec(), "7:7");
+    }
+
+    #[test]
+    fn the_allow_list_matches_references_part_by_part() {
+        let list: Vec<String> = ["python:3.*", "stacyvm-test-*", "ghcr.io/acme/*"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let table = [
+            ("python:3.12", true),
+            ("python:2.7", false),
+            ("python", false),
+            ("python:3.12:5000/evil:1", false),
+            ("stacyvm-test-busybox", true),
+            ("stacyvm-test-busybox:latest", true),
+            ("stacyvm-test-x/y", false),
+            ("ghcr.io/acme/tool:1", true),
+            ("ghcr.io/acme/sub/tool:1", false),
+            ("docker.io/library/python:3.12", false),
+        ];
+        for (image, want) in table {
+            assert_eq!(image_allowed(&list, image), want, "{image}");
+        }
+        assert!(image_allowed(&[], "anything:at-all"));
+        // Untagged means :latest.
+        assert!(image_allowed(&["alpine:latest".into()], "alpine"));
+        assert!(!image_allowed(&["alpine:latest".into()], "alpine:3"));
+    }
+
+    #[test]
+    fn docker_user_and_allowed_images_come_from_the_file_or_the_environment_and_are_validated() {
+        let mut s = Settings::from_toml("[docker]\nuser = \"1000:1000\"\nallowed_images = [\"alpine:*\"]").unwrap();
+        assert_eq!(
+            (s.docker.user.as_str(), s.docker.allowed_images.len()),
+            ("1000:1000", 1)
+        );
+        s.apply_env(|name| match name {
+            "STACYVM_DOCKER_USER" => Some("0:0".into()),
+            "STACYVM_DOCKER_ALLOWED_IMAGES" => Some(" python:*, alpine:*,,".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(s.docker.user, "0:0");
+        assert_eq!(s.docker.allowed_images, ["python:*", "alpine:*"]);
+        s.validate().unwrap();
+        let defaults = Settings::default();
+        assert_eq!(
+            (defaults.docker.user.as_str(), defaults.docker.allowed_images.len()),
+            ("65534:65534", 0)
+        );
+
+        s.docker.user = "nobody".into();
+        assert_eq!(
+            s.validate().unwrap_err().to_string(),
+            "docker.user must be a numeric UID:GID such as \"65534:65534\" (\"0:0\" for root), not \"nobody\""
+        );
+        s.docker.user = "0:0".into();
+        s.docker.allowed_images = vec!["python:*".into()];
+        assert_eq!(
+            s.validate().unwrap_err().to_string(),
+            "docker.default_image \"alpine:latest\" is not matched by docker.allowed_images"
+        );
+    }
+
+    #[test]
+    fn a_size_refusal_is_told_apart_from_other_create_errors() {
+        let err = |status_code: u16, message: &str| DockerError::DockerResponseServerError {
+            status_code,
+            message: message.into(),
+        };
+        assert!(refuses_size_limit(&err(
+            500,
+            "--storage-opt is supported only for overlay over xfs with 'pquota' mount option"
+        )));
+        assert!(refuses_size_limit(&err(400, "Storage Option not supported: size")));
+        assert!(!refuses_size_limit(&err(404, "No such image: x")));
+        assert!(!refuses_size_limit(&err(500, "network stacyvm-internal not found")));
+    }
 
     #[test]
     fn image_references_split_into_repository_and_tag() {

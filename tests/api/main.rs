@@ -5,6 +5,7 @@ mod docker;
 mod events;
 mod exec;
 mod files;
+mod hardening;
 mod helpers;
 mod limits;
 mod python;

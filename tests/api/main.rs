@@ -12,5 +12,6 @@ mod python;
 mod quickjs;
 mod restart;
 mod sandboxes;
+mod schemathesis;
 mod sdk;
 mod shell;

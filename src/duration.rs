@@ -23,6 +23,22 @@ fn err(input: &str, reason: &'static str) -> DurationError {
     }
 }
 
+/// Go durations are int64 nanoseconds: about 292 years.
+const MAX_NANOS: u128 = i64::MAX as u128;
+
+/// The value of a run of ASCII digits, or None when it does not fit: more
+/// than 30 significant digits can never be a duration, and `u128` holds 38.
+fn decimal(digits: &str) -> Option<u128> {
+    let significant = digits.trim_start_matches('0');
+    if significant.is_empty() {
+        return Some(0);
+    }
+    if significant.len() > 30 {
+        return None;
+    }
+    significant.parse().ok()
+}
+
 /// Parses a Go duration that must be strictly positive.
 pub fn parse_positive(input: &str) -> Result<Duration, DurationError> {
     let d = parse(input)?;
@@ -39,10 +55,10 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
     if s.is_empty() {
         return Err(err(input, "it is empty"));
     }
-    let (negative, mut rest) = match s.as_bytes()[0] {
-        b'-' => (true, &s[1..]),
-        b'+' => (false, &s[1..]),
-        _ => (false, s),
+    let (negative, mut rest) = match (s.strip_prefix('-'), s.strip_prefix('+')) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        (None, None) => (false, s),
     };
     if rest == "0" {
         return Ok(Duration::ZERO);
@@ -50,16 +66,16 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
     if rest.is_empty() {
         return Err(err(input, "expected a number followed by a unit such as 30s"));
     }
+    let too_large = || err(input, "the duration is too large");
     let mut total_nanos: u128 = 0;
     while !rest.is_empty() {
         let int_len = rest.bytes().take_while(u8::is_ascii_digit).count();
-        let int_part = &rest[..int_len];
-        rest = &rest[int_len..];
+        let (int_part, after_int) = rest.split_at(int_len);
+        rest = after_int;
         let mut frac_part = "";
         if let Some(after_dot) = rest.strip_prefix('.') {
             let frac_len = after_dot.bytes().take_while(u8::is_ascii_digit).count();
-            frac_part = &after_dot[..frac_len];
-            rest = &after_dot[frac_len..];
+            (frac_part, rest) = after_dot.split_at(frac_len);
         }
         if int_part.is_empty() && frac_part.is_empty() {
             return Err(err(input, "expected a number followed by a unit such as 30s"));
@@ -68,8 +84,8 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
             .char_indices()
             .find(|(_, c)| c.is_ascii_digit() || *c == '.')
             .map_or(rest.len(), |(i, _)| i);
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
+        let (unit, after_unit) = rest.split_at(unit_len);
+        rest = after_unit;
         let unit_nanos: u128 = match unit {
             "ns" => 1,
             "us" | "µs" | "μs" => 1_000,
@@ -80,36 +96,35 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
             "" => return Err(err(input, "a unit is missing (use ns, us, ms, s, m or h)")),
             _ => return Err(err(input, "unknown unit (use ns, us, ms, s, m or h)")),
         };
-        let int_value: u128 = if int_part.is_empty() {
-            0
-        } else {
-            int_part.parse().map_err(|_| err(input, "the number is too large"))?
-        };
-        let mut value = int_value
-            .checked_mul(unit_nanos)
-            .ok_or_else(|| err(input, "the duration is too large"))?;
-        // Fractions are exact to the nanosecond, as in Go: only the first
-        // digits that can still matter are used.
+        let mut value = decimal(int_part)
+            .and_then(|n| n.checked_mul(unit_nanos))
+            .ok_or_else(too_large)?;
+        // Fractions are exact to the nanosecond, as in Go: only the digits
+        // that can still matter are used (a unit is at most 3.6e12 ns, so
+        // 13 digits), however long the fraction is.
         let mut scale = unit_nanos;
-        for digit in frac_part.bytes().take(30) {
+        for digit in frac_part.bytes() {
             scale /= 10;
             if scale == 0 {
                 break;
             }
-            value += u128::from(digit - b'0') * scale;
+            value = u128::from(digit - b'0')
+                .checked_mul(scale)
+                .and_then(|d| value.checked_add(d))
+                .ok_or_else(too_large)?;
         }
-        total_nanos = total_nanos
-            .checked_add(value)
-            .ok_or_else(|| err(input, "the duration is too large"))?;
-    }
-    // Go durations are int64 nanoseconds: about 292 years.
-    if total_nanos > i64::MAX as u128 {
-        return Err(err(input, "the duration is too large"));
+        total_nanos = total_nanos.checked_add(value).ok_or_else(too_large)?;
+        // Stop adding as soon as the bound is passed, so that no number of
+        // terms can overflow.
+        if total_nanos > MAX_NANOS {
+            return Err(too_large());
+        }
     }
     if negative && total_nanos != 0 {
         return Err(err(input, "it must not be negative"));
     }
-    Ok(Duration::from_nanos(total_nanos as u64))
+    let nanos = u64::try_from(total_nanos).map_err(|_| too_large())?;
+    Ok(Duration::from_nanos(nanos))
 }
 
 /// Formats like Go's `Duration.String`: `1h30m0s`, `2.5s`, `3.1ms`, `0s`.
@@ -200,6 +215,62 @@ mod tests {
         ];
         for (input, reason) in table {
             assert_eq!(parse(input).unwrap_err().reason, reason, "{input}");
+        }
+    }
+
+    #[test]
+    fn durations_that_would_overflow_are_too_large_not_a_panic() {
+        let long_fraction = format!("2562047h47m16.{}s", "9".repeat(10_000));
+        let many_terms = "2562047h".repeat(1000);
+        let table = [
+            "340282366920938463463374607431768211455s",
+            "340282366920938463463374607431768211456s",
+            "340282366920938463463374607431768211455ns",
+            "99999999999999999999999999999999999999999999999999h",
+            "94522879700260684295381835397713h",
+            // u128::MAX / 1h is 94522879700260684295381835.4: the
+            // fraction pushes the sum past u128::MAX.
+            "94522879700260684295381835.9h",
+            "9223372036854775808ns",
+            "9223372036.854775808s",
+            "2562048h",
+            "0.99999999999999999999999999999999999999h1h2562047h",
+            long_fraction.as_str(),
+            many_terms.as_str(),
+        ];
+        for input in table {
+            assert_eq!(parse(input).unwrap_err().reason, "the duration is too large", "{input}");
+        }
+        // The largest value itself still parses.
+        assert_eq!(
+            parse("9223372036854775807ns"),
+            Ok(Duration::from_nanos(i64::MAX as u64))
+        );
+        assert_eq!(
+            parse(&format!("1.{}s", "5".repeat(10_000))),
+            Ok(Duration::from_nanos(1_555_555_555))
+        );
+        assert_eq!(parse(&format!("{}1s", "0".repeat(10_000))), Ok(Duration::from_secs(1)));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics_on_any_string(input in ".{0,64}") {
+            let _ = parse(&input);
+            let _ = parse_positive(&input);
+        }
+
+        #[test]
+        fn parse_never_panics_on_duration_shaped_strings(input in "[-+]?([0-9]{0,45}(\\.[0-9]{0,45})?(ns|us|µs|ms|s|m|h|x)?){1,6}") {
+            if let Ok(d) = parse(&input) {
+                proptest::prop_assert!(d.as_nanos() <= i64::MAX as u128);
+            }
+        }
+
+        #[test]
+        fn huge_values_are_too_large(digits in "[1-9][0-9]{19,60}", unit in "(ns|us|ms|s|m|h)") {
+            let input = format!("{digits}{unit}");
+            proptest::prop_assert_eq!(parse(&input).unwrap_err().reason, "the duration is too large");
         }
     }
 

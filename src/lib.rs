@@ -30,6 +30,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::api::AppState;
+use crate::api::extract::KeyEntry;
 use crate::provider::Provider;
 use crate::provider::wasm::WasmProvider;
 use crate::runtime::Catalog;
@@ -48,8 +49,8 @@ impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
         settings.validate()?;
         let settings = Arc::new(settings);
-        std::fs::create_dir_all(&settings.data_dir)
-            .with_context(|| format!("cannot create data directory {}", settings.data_dir.display()))?;
+        create_private_dir(&settings.data_dir)?;
+        create_private_dir(&settings.data_dir.join("sandboxes"))?;
         let catalog = match &settings.wasm.catalog_dir {
             Some(dir) => Catalog::from_dir(dir)?,
             None => Catalog::built_in()?,
@@ -69,7 +70,11 @@ impl App {
             .auth
             .keys
             .iter()
-            .map(|k| (k.key.expose().to_string(), TenantId::new(k.tenant.clone())))
+            .map(|k| KeyEntry {
+                key: k.key.expose().to_string(),
+                tenant: TenantId::new(k.tenant.clone()),
+                role: k.role,
+            })
             .collect();
         Ok(App {
             listener,
@@ -77,7 +82,10 @@ impl App {
                 service,
                 keys: Arc::new(keys),
                 started,
+                // Preview traffic goes straight to the sandbox: never
+                // through a proxy named by HTTP_PROXY, HTTPS_PROXY or ALL_PROXY.
                 proxy: reqwest::Client::builder()
+                    .no_proxy()
                     .redirect(reqwest::redirect::Policy::none())
                     .connect_timeout(std::time::Duration::from_secs(5))
                     .build()?,
@@ -116,6 +124,16 @@ impl App {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.run_until(shutdown_signal()).await
     }
+}
+
+/// Creates `dir` (and its parents) if missing, and makes it `0700`: the
+/// data directory holds every tenant's files, the registry and the images,
+/// which no other local user should read or enter.
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make {} private (mode 0700)", dir.display()))
 }
 
 async fn shutdown_signal() {

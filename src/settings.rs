@@ -45,6 +45,9 @@ pub struct AuthSettings {
 pub struct ApiKey {
     pub key: Secret,
     pub tenant: String,
+    /// What the key may see beyond its own tenant; `user` when left out.
+    #[serde(default)]
+    pub role: Role,
 }
 
 impl fmt::Debug for ApiKey {
@@ -52,7 +55,51 @@ impl fmt::Debug for ApiKey {
         f.debug_struct("ApiKey")
             .field("key", &self.key)
             .field("tenant", &self.tenant)
+            .field("role", &self.role)
             .finish()
+    }
+}
+
+/// What a key may do. Every role works on its own tenant's sandboxes only;
+/// the roles differ in what they may read about the whole server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Its own tenant: sandboxes, events and that tenant's metrics.
+    #[default]
+    User,
+    /// A user that may also read the whole server's metrics and the
+    /// providers' details (such as why the Docker daemon is unreachable).
+    Operator,
+    /// An operator, with the administrative actions still to come.
+    Admin,
+}
+
+impl Role {
+    /// Whether the role may read figures and details of the whole server.
+    pub fn sees_whole_server(self) -> bool {
+        self >= Role::Operator
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "user" => Ok(Role::User),
+            "operator" => Ok(Role::Operator),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!("role {other:?} is not one of user, operator, admin")),
+        }
     }
 }
 
@@ -340,19 +387,26 @@ impl Settings {
             self.providers.default = v;
         }
         if let Some(v) = get("STACYVM_API_KEYS") {
-            // `key:tenant,key:tenant`, for deployments that keep secrets in
+            // `key:tenant[:role],...`, for deployments that keep secrets in
             // the environment rather than a file.
             self.auth.keys = v
                 .split(',')
                 .filter(|p| !p.trim().is_empty())
-                .map(|pair| {
-                    let (key, tenant) = pair
-                        .trim()
-                        .split_once(':')
-                        .ok_or_else(|| anyhow::anyhow!("STACYVM_API_KEYS entries must be key:tenant"))?;
+                .map(|entry| {
+                    let mut fields = entry.trim().split(':');
+                    let (Some(key), Some(tenant), role, None) =
+                        (fields.next(), fields.next(), fields.next(), fields.next())
+                    else {
+                        bail!("STACYVM_API_KEYS entries must be key:tenant or key:tenant:role");
+                    };
+                    let role = match role {
+                        None => Role::User,
+                        Some(r) => r.parse().map_err(|e| anyhow::anyhow!("STACYVM_API_KEYS: {e}"))?,
+                    };
                     Ok(ApiKey {
                         key: Secret::new(key),
                         tenant: tenant.to_string(),
+                        role,
                     })
                 })
                 .collect::<anyhow::Result<_>>()?;
@@ -618,6 +672,71 @@ mod tests {
         assert_eq!(s.bind.to_string(), "0.0.0.0:9000");
         assert_eq!(s.auth.keys.len(), 2);
         assert_eq!(s.auth.keys[1].tenant, "two");
+        assert_eq!(s.auth.keys[1].role, Role::User);
+    }
+
+    #[test]
+    fn keys_carry_a_role_that_defaults_to_user() {
+        let s = Settings::from_toml(
+            r#"
+            [[auth.keys]]
+            key = "sk_test_alpha"
+            tenant = "alpha"
+
+            [[auth.keys]]
+            key = "sk_test_ops"
+            tenant = "ops"
+            role = "operator"
+
+            [[auth.keys]]
+            key = "sk_test_root"
+            tenant = "ops"
+            role = "admin"
+            "#,
+        )
+        .unwrap();
+        let roles: Vec<Role> = s.auth.keys.iter().map(|k| k.role).collect();
+        assert_eq!(roles, [Role::User, Role::Operator, Role::Admin]);
+        assert!(!Role::User.sees_whole_server());
+        assert!(Role::Operator.sees_whole_server() && Role::Admin.sees_whole_server());
+        let err =
+            Settings::from_toml("[[auth.keys]]\nkey = \"sk_test_alpha\"\ntenant = \"a\"\nrole = \"root\"").unwrap_err();
+        assert!(format!("{err:#}").contains("unknown variant `root`"), "{err:#}");
+    }
+
+    #[test]
+    fn environment_keys_take_an_optional_role() {
+        let mut s = Settings::default();
+        s.apply_env(|name| {
+            (name == "STACYVM_API_KEYS")
+                .then(|| "sk_one_secret:one,sk_ops_secret:ops:operator,sk_adm_secret:ops:admin".into())
+        })
+        .unwrap();
+        let got: Vec<(&str, Role)> = s.auth.keys.iter().map(|k| (k.tenant.as_str(), k.role)).collect();
+        assert_eq!(
+            got,
+            [("one", Role::User), ("ops", Role::Operator), ("ops", Role::Admin)]
+        );
+        for (bad, message) in [
+            (
+                "sk_one_secret",
+                "STACYVM_API_KEYS entries must be key:tenant or key:tenant:role",
+            ),
+            (
+                "sk_one_secret:one:user:x",
+                "STACYVM_API_KEYS entries must be key:tenant or key:tenant:role",
+            ),
+            (
+                "sk_one_secret:one:root",
+                "STACYVM_API_KEYS: role \"root\" is not one of user, operator, admin",
+            ),
+        ] {
+            let mut s = Settings::default();
+            let err = s
+                .apply_env(|name| (name == "STACYVM_API_KEYS").then(|| bad.to_string()))
+                .unwrap_err();
+            assert_eq!(err.to_string(), message, "{bad}");
+        }
     }
 
     #[test]

@@ -60,10 +60,12 @@ impl ApiError {
             .get::<ErrorCode>()
             .map(|c| c.0)
             .unwrap_or("internal");
+        // A stream goes to whoever asked: it carries the redacted form.
         let message = response
             .extensions()
-            .get::<ErrorMessage>()
+            .get::<Redacted>()
             .map(|m| m.0.clone())
+            .or_else(|| response.extensions().get::<ErrorMessage>().map(|m| m.0.clone()))
             .unwrap_or_default();
         (code, message)
     }
@@ -103,6 +105,10 @@ impl IntoResponse for ApiError {
                 )
             }
         };
+        let redacted = match code {
+            "unavailable" => without_reason(&message).inspect(|_| tracing::warn!("{message}")),
+            _ => None,
+        };
         let extensions = (ErrorCode(code), ErrorMessage(message.clone()));
         let body = ErrorBody {
             code,
@@ -119,9 +125,25 @@ impl IntoResponse for ApiError {
         let mut response = (status, axum::Json(body)).into_response();
         response.extensions_mut().insert(extensions.0);
         response.extensions_mut().insert(extensions.1);
+        if let Some(redacted) = redacted {
+            response.extensions_mut().insert(Redacted(redacted));
+        }
         response
     }
 }
+
+/// "the docker provider is unavailable: cannot connect to unix:///..." →
+/// "the docker provider is unavailable; an operator can see why...": the
+/// reason can name the daemon's address, which only operators may read.
+fn without_reason(message: &str) -> Option<String> {
+    let (head, _) = message.split_once(": ")?;
+    Some(format!("{head}; an operator can see why in GET /providers"))
+}
+
+/// The form of an error answer for callers who may not read its details;
+/// `api::redact_details` answers it to them.
+#[derive(Clone)]
+pub struct Redacted(pub String);
 
 /// The one place where domain errors become HTTP answers.
 impl From<ServiceError> for ApiError {
@@ -131,34 +153,26 @@ impl From<ServiceError> for ApiError {
             ServiceError::BadRequest(m) => ApiError::BadRequest(m),
             ServiceError::ResourceLimit(m) => ApiError::ResourceLimit(m, None),
             ServiceError::Conflict(m) => ApiError::Conflict(m),
-            ServiceError::Provider(p) => match p {
-                ProviderError::NotFound(m) => ApiError::NotFound(m),
-                ProviderError::Unavailable(m) => ApiError::Unavailable(m),
-                ProviderError::Unsupported(m) => ApiError::Unsupported(m),
-                ProviderError::InvalidInput(m) => ApiError::BadRequest(m),
-                ProviderError::Conflict(m) => ApiError::Conflict(m),
-                ProviderError::QuotaExceeded(m) => ApiError::ResourceLimit(m, None),
-                ref limit @ ProviderError::Timeout { .. } => {
-                    let message = limit.to_string();
-                    let ProviderError::Timeout { partial, .. } = p else {
-                        unreachable!()
-                    };
-                    ApiError::Timeout(message, partial)
+            ServiceError::Provider(p) => {
+                let message = p.to_string();
+                match p {
+                    ProviderError::NotFound(m) => ApiError::NotFound(m),
+                    ProviderError::Unavailable(m) => ApiError::Unavailable(m),
+                    ProviderError::Unsupported(m) => ApiError::Unsupported(m),
+                    ProviderError::InvalidInput(m) => ApiError::BadRequest(m),
+                    ProviderError::Conflict(m) => ApiError::Conflict(m),
+                    ProviderError::QuotaExceeded(m) => ApiError::ResourceLimit(m, None),
+                    ProviderError::Timeout { partial, .. } => ApiError::Timeout(message, partial),
+                    ProviderError::FuelExhausted { partial, .. } | ProviderError::MemoryLimit { partial, .. } => {
+                        ApiError::ResourceLimit(message, Some(partial))
+                    }
+                    // Nobody is left to read this answer; it only reaches the log.
+                    ProviderError::Cancelled => {
+                        ApiError::Conflict("the client disconnected and the command was stopped".into())
+                    }
+                    ProviderError::Internal(e) => ApiError::Internal(e),
                 }
-                ref limit @ (ProviderError::FuelExhausted { .. } | ProviderError::MemoryLimit { .. }) => {
-                    let message = limit.to_string();
-                    let (ProviderError::FuelExhausted { partial, .. } | ProviderError::MemoryLimit { partial, .. }) = p
-                    else {
-                        unreachable!()
-                    };
-                    ApiError::ResourceLimit(message, Some(partial))
-                }
-                // Nobody is left to read this answer; it only reaches the log.
-                ProviderError::Cancelled => {
-                    ApiError::Conflict("the client disconnected and the command was stopped".into())
-                }
-                ProviderError::Internal(e) => ApiError::Internal(e),
-            },
+            }
         }
     }
 }

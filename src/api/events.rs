@@ -21,7 +21,7 @@ async fn events(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let rx = state.service.subscribe();
+    let rx = state.service.subscribe(&caller.tenant);
     let tenant = caller.tenant;
     let stream = futures_util::stream::unfold((rx, tenant), |(mut rx, tenant)| async move {
         loop {

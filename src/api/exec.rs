@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 
 use axum::body::{Body, Bytes};
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -216,7 +216,7 @@ fn merge_adjacent(batch: Vec<OutputChunk>) -> Vec<OutputChunk> {
 }
 
 fn ndjson(v: &Value) -> Bytes {
-    let mut line = serde_json::to_vec(v).expect("JSON values serialize");
+    let mut line = v.to_string().into_bytes();
     line.push(b'\n');
     Bytes::from(line)
 }
@@ -267,18 +267,43 @@ async fn exec_ws(
 ) -> Result<Response, ApiError> {
     // Fail before the upgrade when the sandbox cannot be seen.
     state.service.get(&caller.tenant, &id)?;
-    Ok(ws.on_upgrade(move |socket| interactive(socket, state.service.clone(), caller, id)))
+    // A message is held whole in memory: the body limit bounds it as it
+    // bounds any other request.
+    let limit = state.service.settings().http.body_limit_bytes;
+    Ok(ws
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| interactive(socket, state.service.clone(), caller, id, limit)))
+}
+
+/// Ends the session after a failed read; a message over the limit is told
+/// so with close code 1009 (message too big).
+async fn close_after(socket: &mut WebSocket, e: axum::Error, limit: usize) {
+    if e.to_string().contains("Message too long") {
+        let frame = CloseFrame {
+            code: close_code::SIZE,
+            reason: format!("a message is over the limit of {limit} bytes").into(),
+        };
+        socket.send(Message::Close(Some(frame))).await.ok();
+    }
 }
 
 async fn send_json(socket: &mut WebSocket, v: Value) -> bool {
     socket.send(Message::Text(v.to_string().into())).await.is_ok()
 }
 
-async fn interactive(mut socket: WebSocket, service: std::sync::Arc<SandboxService>, caller: Caller, id: String) {
+async fn interactive(
+    mut socket: WebSocket,
+    service: std::sync::Arc<SandboxService>,
+    caller: Caller,
+    id: String,
+    limit: usize,
+) {
     let start = loop {
         match socket.recv().await {
             Some(Ok(Message::Text(text))) => break text,
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+            Some(Err(e)) => return close_after(&mut socket, e, limit).await,
+            Some(Ok(Message::Close(_))) | None => return,
             Some(Ok(_)) => continue,
         }
     };
@@ -349,11 +374,17 @@ async fn interactive(mut socket: WebSocket, service: std::sync::Arc<SandboxServi
                         _ => {}
                     }
                 }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                Some(Ok(Message::Close(_))) | None => {
                     // The client left: stop the program.
                     drop(chunk_rx);
                     run.abort();
                     return;
+                }
+                Some(Err(e)) => {
+                    // The client sent what cannot be read: stop the program.
+                    drop(chunk_rx);
+                    run.abort();
+                    return close_after(&mut socket, e, limit).await;
                 }
                 Some(Ok(_)) => {}
             },

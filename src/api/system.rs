@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::AppState;
 use super::error::ApiError;
+use super::extract::{Caller, Viewer};
 use crate::duration;
 use crate::provider::{Capabilities, ProviderStatus};
 
@@ -56,35 +57,60 @@ struct ProviderView {
     capabilities: Capabilities,
 }
 
-fn view((status, default): (ProviderStatus, bool)) -> ProviderView {
+/// Why a provider is unavailable can name the daemon's address (a socket
+/// path, a host and port): only operators read it, others get a generic
+/// reason.
+fn view((status, default): (ProviderStatus, bool), viewer: &Viewer) -> ProviderView {
+    let reason = match status.reason {
+        Some(reason) if viewer.sees_whole_server() => Some(reason),
+        Some(_) => Some(format!(
+            "the {} provider is unavailable; an operator can see why",
+            status.name
+        )),
+        None => None,
+    };
     ProviderView {
         name: status.name,
         available: status.available,
         default,
-        reason: status.reason,
+        reason,
         images: status.images,
         capabilities: status.capabilities,
     }
 }
 
-async fn providers(State(state): State<AppState>) -> Json<Vec<ProviderView>> {
-    Json(state.service.provider_statuses().into_iter().map(view).collect())
+async fn providers(State(state): State<AppState>, viewer: Viewer) -> Json<Vec<ProviderView>> {
+    Json(
+        state
+            .service
+            .provider_statuses()
+            .into_iter()
+            .map(|p| view(p, &viewer))
+            .collect(),
+    )
 }
 
-async fn provider(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<ProviderView>, ApiError> {
+async fn provider(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path(name): Path<String>,
+) -> Result<Json<ProviderView>, ApiError> {
     state
         .service
         .provider_statuses()
         .into_iter()
         .find(|(s, _)| s.name == name)
-        .map(|p| Json(view(p)))
+        .map(|p| Json(view(p, &viewer)))
         .ok_or_else(|| ApiError::NotFound(format!("provider {name} not found")))
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+/// Operators see the whole server; any other key sees its own tenant's
+/// figures only.
+async fn metrics(State(state): State<AppState>, caller: Caller) -> Response {
+    let scope = (!caller.role.sees_whole_server()).then_some(&caller.tenant);
     (
         [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.service.metrics_text(),
+        state.service.metrics_text(scope),
     )
         .into_response()
 }

@@ -7,7 +7,7 @@ pub mod path;
 pub mod registry;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,7 @@ use self::id::{OwnerId, SandboxId, TenantId};
 use self::path::SandboxPath;
 use self::registry::SandboxRegistry;
 use crate::duration;
+use crate::provider::glob::GlobPattern;
 use crate::provider::{
     ExecIo, ExecMode, ExecOutput, ExecSpec, FileEntry, Provider, ProviderError, ProviderStatus, SandboxStats,
 };
@@ -127,6 +128,36 @@ pub struct SandboxService {
     history: Mutex<HashMap<SandboxId, VecDeque<String>>>,
     events: events::EventBus,
     metrics: metrics::Metrics,
+    /// Creates under way per tenant: counted with the tenant's sandboxes
+    /// from the moment a create is admitted, so that parallel creates
+    /// (a docker create may pull an image for seconds) cannot pass the quota.
+    creating: Mutex<HashMap<TenantId, usize>>,
+}
+
+/// Locks a mutex even if a thread panicked while holding it: every value
+/// behind the service's locks stays consistent between statements, so a
+/// panic in one request must not poison the server for the next.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A tenant's admitted create; gives its place back when dropped, whether
+/// the create succeeded, failed, or its request was abandoned.
+struct CreateSlot<'a> {
+    creating: &'a Mutex<HashMap<TenantId, usize>>,
+    tenant: TenantId,
+}
+
+impl Drop for CreateSlot<'_> {
+    fn drop(&mut self) {
+        let mut creating = lock(self.creating);
+        if let Some(n) = creating.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                creating.remove(&self.tenant);
+            }
+        }
+    }
 }
 
 impl SandboxService {
@@ -144,6 +175,7 @@ impl SandboxService {
             history: Mutex::default(),
             events: events::EventBus::new(),
             metrics: metrics::Metrics::default(),
+            creating: Mutex::default(),
         };
         let mut kept = vec![];
         for sb in loaded {
@@ -171,7 +203,11 @@ impl SandboxService {
             }
         }
         let reaped = service.reap_expired().await;
-        tracing::info!(recovered = kept.len() - reaped, reaped, "sandbox registry loaded");
+        tracing::info!(
+            recovered = kept.len().saturating_sub(reaped),
+            reaped,
+            "sandbox registry loaded"
+        );
         Ok(service)
     }
 
@@ -202,19 +238,20 @@ impl SandboxService {
         Ok(self.provider(&sb.provider)?.preview_target(&sb, port).await?)
     }
 
-    /// The Prometheus text of `GET /metrics/prometheus`.
-    pub fn metrics_text(&self) -> String {
+    /// The Prometheus text of `GET /metrics/prometheus`: of the whole
+    /// server (`None`) or of one tenant's sandboxes only.
+    pub fn metrics_text(&self, scope: Option<&TenantId>) -> String {
         let mut live: BTreeMap<(String, String), usize> = BTreeMap::new();
-        for sb in self.registry.filter(|_| true) {
+        for sb in self.registry.filter(|sb| scope.is_none_or(|t| &sb.tenant == t)) {
             *live.entry((sb.provider, sb.state.as_str().to_string())).or_default() += 1;
         }
         let live: Vec<_> = live.into_iter().map(|((p, s), n)| (p, s, n)).collect();
-        self.metrics.render(&live)
+        self.metrics.render(scope, &live)
     }
 
     /// Live events of `tenant`'s sandboxes.
-    pub fn subscribe(&self) -> events::Subscription {
-        self.events.subscribe()
+    pub fn subscribe(&self, tenant: &TenantId) -> events::Subscription {
+        self.events.subscribe(tenant)
     }
 
     pub fn settings(&self) -> &Settings {
@@ -289,12 +326,7 @@ impl SandboxService {
         }
         validate_metadata(&req.metadata)?;
         let image = provider.resolve_image(req.image.as_deref())?;
-        if self.registry.count(|sb| &sb.tenant == tenant) >= s.max_per_tenant {
-            return Err(ServiceError::ResourceLimit(format!(
-                "this tenant already has the maximum of {} sandboxes",
-                s.max_per_tenant
-            )));
-        }
+        let _slot = self.admit_create(tenant)?;
         let now = SystemTime::now();
         let sandbox = Sandbox {
             id: SandboxId::generate(),
@@ -315,13 +347,32 @@ impl SandboxService {
             return Err(ProviderError::Internal(e).into());
         }
         tracing::info!(id = %sandbox.id, provider = %sandbox.provider, image = %sandbox.image, "sandbox created");
-        self.metrics.created(&sandbox.provider);
+        self.metrics.created(&sandbox.tenant, &sandbox.provider);
         self.events.publish(
             &sandbox,
             "sandbox.created",
             serde_json::json!({"provider": sandbox.provider, "image": sandbox.image}),
         );
         Ok(sandbox)
+    }
+
+    /// Counts a create against the tenant's quota before any provider work
+    /// is awaited: the tenant's sandboxes plus its creates under way.
+    fn admit_create(&self, tenant: &TenantId) -> Result<CreateSlot<'_>, ServiceError> {
+        let max = self.settings.sandbox.max_per_tenant;
+        let mut creating = lock(&self.creating);
+        let under_way = creating.get(tenant).copied().unwrap_or(0);
+        let live = self.registry.count(|sb| &sb.tenant == tenant);
+        if live.saturating_add(under_way) >= max {
+            return Err(ServiceError::ResourceLimit(format!(
+                "this tenant already has the maximum of {max} sandboxes"
+            )));
+        }
+        *creating.entry(tenant.clone()).or_default() += 1;
+        Ok(CreateSlot {
+            creating: &self.creating,
+            tenant: tenant.clone(),
+        })
     }
 
     /// The sandbox, if it exists and belongs to `tenant`; another tenant's
@@ -358,9 +409,10 @@ impl SandboxService {
             provider.destroy(sb).await?;
         }
         self.registry.remove(&sb.id).map_err(ProviderError::Internal)?;
-        self.history.lock().unwrap().remove(&sb.id);
+        lock(&self.history).remove(&sb.id);
         tracing::info!(id = %sb.id, "sandbox destroyed");
-        self.metrics.destroyed(&sb.provider, event == "sandbox.expired");
+        self.metrics
+            .destroyed(&sb.tenant, &sb.provider, event == "sandbox.expired");
         self.events.publish(sb, event, serde_json::json!({}));
         Ok(())
     }
@@ -476,7 +528,7 @@ impl SandboxService {
             Err(ProviderError::MemoryLimit { .. }) => "memory_limit",
             Err(_) => "failed",
         };
-        self.metrics.exec(&sb.provider, outcome, started.elapsed());
+        self.metrics.exec(&sb.tenant, &sb.provider, outcome, started.elapsed());
         let (kind, data) = match &result {
             Ok(out) => (
                 "exec.completed",
@@ -495,7 +547,7 @@ impl SandboxService {
         };
         let now = humantime::format_rfc3339_seconds(SystemTime::now());
         self.record(&sb.id, format!("{now} exec {summary}: {outcome}"));
-        Ok(result?)
+        result.map_err(|e| self.vanished(&sb, e))
     }
 
     /// The timeout a prepared exec will run with.
@@ -504,9 +556,9 @@ impl SandboxService {
     }
 
     fn record(&self, id: &SandboxId, line: String) {
-        let mut history = self.history.lock().unwrap();
+        let mut history = lock(&self.history);
         let lines = history.entry(id.clone()).or_default();
-        if lines.len() == HISTORY_LINES {
+        while lines.len() >= HISTORY_LINES {
             lines.pop_front();
         }
         lines.push_back(line);
@@ -514,17 +566,30 @@ impl SandboxService {
 
     pub fn logs(&self, tenant: &TenantId, id: &str, lines: usize) -> Result<Vec<String>, ServiceError> {
         let sb = self.get(tenant, id)?;
-        let history = self.history.lock().unwrap();
-        let all = history
-            .get(&sb.id)
-            .map(|l| l.iter().cloned().collect::<Vec<_>>())
-            .unwrap_or_default();
-        Ok(all[all.len().saturating_sub(lines)..].to_vec())
+        let history = lock(&self.history);
+        let Some(all) = history.get(&sb.id) else {
+            return Ok(vec![]);
+        };
+        let skip = all.len().saturating_sub(lines);
+        Ok(all.iter().skip(skip).cloned().collect())
     }
 
     pub async fn stats(&self, tenant: &TenantId, id: &str) -> Result<SandboxStats, ServiceError> {
         let sb = self.get(tenant, id)?;
-        Ok(self.provider(&sb.provider)?.stats(&sb).await?)
+        self.provider(&sb.provider)?
+            .stats(&sb)
+            .await
+            .map_err(|e| self.vanished(&sb, e))
+    }
+
+    /// A provider error on a sandbox that was destroyed meanwhile (its
+    /// directory or container went while the operation ran) is the 404 the
+    /// operation would have got a moment later, not an internal error.
+    fn vanished(&self, sb: &Sandbox, e: ProviderError) -> ServiceError {
+        if self.registry.get(&sb.id).is_none() {
+            return ServiceError::SandboxNotFound(sb.id.to_string());
+        }
+        e.into()
     }
 
     /// Resolves the sandbox and its provider for a files operation.
@@ -546,11 +611,15 @@ impl SandboxService {
         mode: u32,
     ) -> Result<(), ServiceError> {
         let (sb, p) = self.files(tenant, id)?;
-        Ok(p.write_file(&sb, &parse_path(path)?, data, mode).await?)
+        p.write_file(&sb, &parse_path(path)?, data, mode)
+            .await
+            .map_err(|e| self.vanished(&sb, e))
     }
     pub async fn read_file(&self, tenant: &TenantId, id: &str, path: &str) -> Result<Vec<u8>, ServiceError> {
         let (sb, p) = self.files(tenant, id)?;
-        Ok(p.read_file(&sb, &parse_path(path)?).await?)
+        p.read_file(&sb, &parse_path(path)?)
+            .await
+            .map_err(|e| self.vanished(&sb, e))
     }
     pub async fn delete_file(
         &self,
@@ -560,31 +629,43 @@ impl SandboxService {
         recursive: bool,
     ) -> Result<(), ServiceError> {
         let (sb, p) = self.files(tenant, id)?;
-        Ok(p.delete_file(&sb, &parse_path(path)?, recursive).await?)
+        p.delete_file(&sb, &parse_path(path)?, recursive)
+            .await
+            .map_err(|e| self.vanished(&sb, e))
     }
     pub async fn list_files(&self, tenant: &TenantId, id: &str, path: &str) -> Result<Vec<FileEntry>, ServiceError> {
         let (sb, p) = self.files(tenant, id)?;
-        Ok(p.list_files(&sb, &parse_path(path)?).await?)
+        p.list_files(&sb, &parse_path(path)?)
+            .await
+            .map_err(|e| self.vanished(&sb, e))
     }
     pub async fn stat_file(&self, tenant: &TenantId, id: &str, path: &str) -> Result<FileEntry, ServiceError> {
         let (sb, p) = self.files(tenant, id)?;
-        Ok(p.stat_file(&sb, &parse_path(path)?).await?)
+        p.stat_file(&sb, &parse_path(path)?)
+            .await
+            .map_err(|e| self.vanished(&sb, e))
     }
     pub async fn move_file(&self, tenant: &TenantId, id: &str, from: &str, to: &str) -> Result<(), ServiceError> {
         let (sb, p) = self.files(tenant, id)?;
-        Ok(p.move_file(&sb, &parse_path(from)?, &parse_path(to)?).await?)
+        p.move_file(&sb, &parse_path(from)?, &parse_path(to)?)
+            .await
+            .map_err(|e| self.vanished(&sb, e))
     }
     pub async fn chmod_file(&self, tenant: &TenantId, id: &str, path: &str, mode: &str) -> Result<(), ServiceError> {
         let (sb, p) = self.files(tenant, id)?;
         let mode = parse_mode(mode)?;
-        Ok(p.chmod_file(&sb, &parse_path(path)?, mode).await?)
+        p.chmod_file(&sb, &parse_path(path)?, mode)
+            .await
+            .map_err(|e| self.vanished(&sb, e))
     }
     pub async fn glob(&self, tenant: &TenantId, id: &str, pattern: &str) -> Result<Vec<String>, ServiceError> {
         let (sb, p) = self.files(tenant, id)?;
-        if pattern.is_empty() {
-            return Err(ServiceError::BadRequest("pattern is empty".into()));
-        }
-        Ok(p.glob(&sb, pattern).await?)
+        // Bounded and normalised here, so every provider gets the same
+        // pattern and the same 400 for one that is too large.
+        let pattern = GlobPattern::parse(pattern).map_err(ServiceError::BadRequest)?;
+        p.glob(&sb, &pattern.to_string())
+            .await
+            .map_err(|e| self.vanished(&sb, e))
     }
 }
 
@@ -592,16 +673,21 @@ fn parse_path(path: &str) -> Result<SandboxPath, ServiceError> {
     SandboxPath::parse(path).map_err(|e| ServiceError::BadRequest(e.to_string()))
 }
 
-/// Parses an octal permission string such as `"0644"` or `"755"`.
+/// Parses an octal permission string such as `"0644"` or `"755"`. Only
+/// permission bits are accepted: setuid, setgid and sticky (`"4755"`) are
+/// refused rather than masked, so a client never gets a mode it did not ask
+/// for, and the host never gets a setuid file.
 pub fn parse_mode(mode: &str) -> Result<u32, ServiceError> {
     let bad = || ServiceError::BadRequest(format!("mode {mode:?} is not an octal permission such as \"0644\""));
     let digits = mode.strip_prefix("0o").unwrap_or(mode);
-    if digits.is_empty() || digits.len() > 4 {
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
         return Err(bad());
     }
     let value = u32::from_str_radix(digits, 8).map_err(|_| bad())?;
-    if value > 0o7777 {
-        return Err(bad());
+    if value & !0o777 != 0 {
+        return Err(ServiceError::BadRequest(format!(
+            "mode {mode:?} sets setuid, setgid or sticky bits; only permission bits (at most 0777) are allowed"
+        )));
     }
     Ok(value)
 }
@@ -646,8 +732,31 @@ mod tests {
         assert_eq!(parse_mode("0644").unwrap(), 0o644);
         assert_eq!(parse_mode("755").unwrap(), 0o755);
         assert_eq!(parse_mode("0o700").unwrap(), 0o700);
-        for bad in ["", "rwx", "0999", "77777", "-1"] {
-            assert!(matches!(parse_mode(bad), Err(ServiceError::BadRequest(_))), "{bad}");
+        assert_eq!(parse_mode("0777").unwrap(), 0o777);
+        assert_eq!(parse_mode("0").unwrap(), 0);
+        for bad in ["", "rwx", "0999", "77777", "-1", "+644", "0o", "0x1ff", " 644"] {
+            let Err(ServiceError::BadRequest(message)) = parse_mode(bad) else {
+                panic!("{bad:?} parsed");
+            };
+            assert_eq!(
+                message,
+                format!("mode {bad:?} is not an octal permission such as \"0644\"")
+            );
+        }
+    }
+
+    #[test]
+    fn setuid_setgid_and_sticky_modes_are_refused() {
+        for bad in ["4755", "2755", "1777", "7777", "0o4755", "6644"] {
+            let Err(ServiceError::BadRequest(message)) = parse_mode(bad) else {
+                panic!("{bad:?} parsed");
+            };
+            assert_eq!(
+                message,
+                format!(
+                    "mode {bad:?} sets setuid, setgid or sticky bits; only permission bits (at most 0777) are allowed"
+                )
+            );
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use anyhow::Context;
 use rusqlite::{Connection, params};
@@ -50,31 +50,38 @@ impl SandboxRegistry {
         let record = serde_json::to_string(sandbox)?;
         self.db
             .lock()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .prepare_cached("INSERT OR REPLACE INTO sandboxes (id, record) VALUES (?1, ?2)")?
             .execute(params![sandbox.id.as_str(), record])?;
-        self.live.lock().unwrap().insert(sandbox.id.clone(), sandbox.clone());
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(sandbox.id.clone(), sandbox.clone());
         Ok(())
     }
 
     pub fn remove(&self, id: &SandboxId) -> anyhow::Result<Option<Sandbox>> {
         self.db
             .lock()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .prepare_cached("DELETE FROM sandboxes WHERE id = ?1")?
             .execute(params![id.as_str()])?;
-        Ok(self.live.lock().unwrap().remove(id))
+        Ok(self.live.lock().unwrap_or_else(PoisonError::into_inner).remove(id))
     }
 
     pub fn get(&self, id: &SandboxId) -> Option<Sandbox> {
-        self.live.lock().unwrap().get(id).cloned()
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
     }
 
     /// Entries matching `keep`, cloned out of the lock.
     pub fn filter(&self, keep: impl Fn(&Sandbox) -> bool) -> Vec<Sandbox> {
         self.live
             .lock()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .values()
             .filter(|s| keep(s))
             .cloned()
@@ -82,6 +89,11 @@ impl SandboxRegistry {
     }
 
     pub fn count(&self, keep: impl Fn(&Sandbox) -> bool) -> usize {
-        self.live.lock().unwrap().values().filter(|s| keep(s)).count()
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|s| keep(s))
+            .count()
     }
 }

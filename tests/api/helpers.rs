@@ -64,6 +64,7 @@ impl TestApp {
             .map(|(k, t)| ApiKey {
                 key: Secret::new(*k),
                 tenant: t.to_string(),
+                role: Default::default(),
             })
             .collect();
         Self::spawn_with(|s| s.auth.keys = keys).await

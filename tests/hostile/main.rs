@@ -3,6 +3,7 @@
 //! server is still up, the answer is a 4xx or a 200 with a non-zero exit
 //! (never a 5xx), and the limit held, checked on the host.
 
+mod api;
 mod docker;
 #[allow(dead_code)]
 #[path = "../api/helpers.rs"]

@@ -11,7 +11,7 @@ use cap_std::ambient_authority;
 use cap_std::fs::{Dir, OpenOptions};
 
 use super::quota::{DIR_BYTES, DiskLedger};
-use crate::provider::glob::wildcard_match;
+use crate::provider::glob::{GLOB_TIME, GlobPattern, WALK_BUDGET, walk};
 use crate::provider::{FileEntry, ProviderError};
 use crate::sandbox::path::SandboxPath;
 
@@ -215,55 +215,28 @@ pub fn chmod(root: &Dir, path: &SandboxPath, mode: u32) -> Result<(), ProviderEr
 }
 
 /// Sandbox paths matching `pattern` (`*`, `?`, `[...]`, and `**` for any
-/// depth), relative patterns resolving against `/workspace`. Sorted.
+/// depth), relative patterns resolving against `/workspace`. Sorted. The
+/// walk is bounded (see `provider::glob::walk`): past its budget or its
+/// time it answers what it found so far.
 pub fn glob(root: &Dir, pattern: &str) -> Result<Vec<String>, ProviderError> {
-    let base = if pattern.starts_with('/') {
-        SandboxPath::root()
-    } else {
-        SandboxPath::workspace()
-    };
-    let parts: Vec<&str> = pattern.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
-    if parts.contains(&"..") {
-        return Err(ProviderError::InvalidInput("glob patterns may not contain ..".into()));
-    }
-    let mut out = vec![];
-    // Bound the walk: a pattern like /**/* on a big tree must not run away.
-    let mut budget = 100_000usize;
-    glob_walk(root, &base, &parts, &mut out, &mut budget);
-    out.sort();
-    out.dedup();
-    Ok(out)
+    let pattern = GlobPattern::parse(pattern).map_err(ProviderError::InvalidInput)?;
+    let deadline = std::time::Instant::now() + GLOB_TIME;
+    let result = walk(
+        &pattern,
+        WALK_BUDGET,
+        |dir| glob_walk(root, dir),
+        || std::time::Instant::now() >= deadline,
+    );
+    Ok(result.paths)
 }
 
-fn glob_walk(root: &Dir, dir: &SandboxPath, parts: &[&str], out: &mut Vec<String>, budget: &mut usize) {
-    let Some((first, rest)) = parts.split_first() else {
-        out.push(dir.to_string());
-        return;
-    };
-    if *first == "**" {
-        glob_walk(root, dir, rest, out, budget);
-    }
-    let Ok(entries) = root.read_dir(dir.relative()) else {
-        return;
-    };
-    for item in entries.flatten() {
-        if *budget == 0 {
-            return;
-        }
-        *budget -= 1;
+/// Lists a directory for the glob walk: names, and whether each is a
+/// directory (a symlink is not, so it is never followed).
+fn glob_walk<'a>(root: &'a Dir, dir: &SandboxPath) -> Option<impl Iterator<Item = (String, bool)> + use<'a>> {
+    let entries = root.read_dir(dir.relative()).ok()?;
+    Some(entries.flatten().map(|item| {
         let name = item.file_name().to_string_lossy().into_owned();
-        let Ok(child) = dir.join(&name) else { continue };
         let is_dir = item.file_type().map(|t| t.is_dir()).unwrap_or(false);
-        if *first == "**" {
-            if is_dir && !name.starts_with('.') {
-                glob_walk(root, &child, parts, out, budget);
-            }
-        } else if wildcard_match(first, &name) {
-            if rest.is_empty() {
-                out.push(child.to_string());
-            } else if is_dir {
-                glob_walk(root, &child, rest, out, budget);
-            }
-        }
-    }
+        (name, is_dir)
+    }))
 }

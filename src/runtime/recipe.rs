@@ -165,7 +165,12 @@ async fn run_build(image: &str, mut command: tokio::process::Command) -> anyhow:
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("cannot run {:?} to build image {image}", command.as_std().get_program()))?;
+        .with_context(|| {
+            format!(
+                "cannot run {} to build image {image}",
+                command.as_std().get_program().to_string_lossy()
+            )
+        })?;
     let mut lines = BufReader::new(child.stderr.take().expect("stderr is piped")).lines();
     let mut tail = std::collections::VecDeque::new();
     while let Some(line) = lines.next_line().await? {

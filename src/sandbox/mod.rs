@@ -115,6 +115,35 @@ pub struct ListFilter {
     pub state: Option<String>,
 }
 
+/// Records an exec once it ends, or, if its request is dropped first (the
+/// client left), as stopped for that reason.
+struct ExecRecord<'a> {
+    service: &'a SandboxService,
+    sandbox: &'a Sandbox,
+    summary: &'a str,
+    started: std::time::Instant,
+    done: bool,
+}
+
+impl ExecRecord<'_> {
+    fn finish(&mut self, result: &Result<ExecOutput, ProviderError>) {
+        self.done = true;
+        self.service
+            .record_exec(self.sandbox, self.summary, self.started.elapsed(), result);
+    }
+}
+
+impl Drop for ExecRecord<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.done = true;
+            let took = self.started.elapsed();
+            self.service
+                .record_exec(self.sandbox, self.summary, took, &Err(ProviderError::Cancelled));
+        }
+    }
+}
+
 /// Exec history kept per sandbox for `GET /logs`.
 const HISTORY_LINES: usize = 200;
 /// Metadata bounds: enough for labels, too small to use as storage.
@@ -515,21 +544,34 @@ impl SandboxService {
             spec,
             summary,
         } = prepared;
-        let started = std::time::Instant::now();
         // If this future is dropped before the exec ends (the client hung
-        // up), the provider is told to stop the command.
+        // up), the provider is told to stop the command, and the exec is
+        // recorded as stopped.
         let client_left = io.cancel.clone().drop_guard();
+        let mut record = ExecRecord {
+            service: self,
+            sandbox: &sb,
+            summary: &summary,
+            started: std::time::Instant::now(),
+            done: false,
+        };
         let result = provider.exec_io(&sb, spec, io).await;
         client_left.disarm();
-        let outcome = match &result {
+        record.finish(&result);
+        result.map_err(|e| self.vanished(&sb, e))
+    }
+
+    /// Counts, publishes and logs how an exec ended.
+    fn record_exec(&self, sb: &Sandbox, summary: &str, took: Duration, result: &Result<ExecOutput, ProviderError>) {
+        let outcome = match result {
             Ok(_) => "completed",
             Err(ProviderError::Timeout { .. }) => "timeout",
             Err(ProviderError::FuelExhausted { .. }) => "cpu_limit",
             Err(ProviderError::MemoryLimit { .. }) => "memory_limit",
             Err(_) => "failed",
         };
-        self.metrics.exec(&sb.tenant, &sb.provider, outcome, started.elapsed());
-        let (kind, data) = match &result {
+        self.metrics.exec(&sb.tenant, &sb.provider, outcome, took);
+        let (kind, data) = match result {
             Ok(out) => (
                 "exec.completed",
                 serde_json::json!({"exit_code": out.exit_code, "duration_ms": out.duration.as_secs_f64() * 1000.0}),
@@ -539,15 +581,14 @@ impl SandboxService {
             Err(ProviderError::MemoryLimit { .. }) => ("exec.limit", serde_json::json!({"limit": "memory"})),
             Err(e) => ("exec.failed", serde_json::json!({"message": e.to_string()})),
         };
-        self.events.publish(&sb, kind, data);
-        let outcome = match &result {
+        self.events.publish(sb, kind, data);
+        let outcome = match result {
             Ok(out) => format!("exit {} in {}", out.exit_code, duration::format(out.duration)),
             Err(ProviderError::Timeout { .. }) => "timed out".into(),
             Err(e) => format!("failed: {e}"),
         };
         let now = humantime::format_rfc3339_seconds(SystemTime::now());
         self.record(&sb.id, format!("{now} exec {summary}: {outcome}"));
-        result.map_err(|e| self.vanished(&sb, e))
     }
 
     /// The timeout a prepared exec will run with.

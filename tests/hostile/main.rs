@@ -10,3 +10,4 @@ mod docker;
 mod helpers;
 #[allow(dead_code)]
 mod support;
+mod wasm;

@@ -126,7 +126,8 @@ pub fn release_parked() {
 
 /// Runs `f`, which runs guests, on a thread of its own whose native stack is
 /// deep enough for the deepest wasm stack a guest may use (the threads of
-/// tokio's blocking pool are not), inside the current tokio runtime.
+/// tokio's blocking pool are not), inside the current tokio runtime. For
+/// one-off runs; execs go through a [`GuestPool`].
 pub async fn on_guest_thread<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ProviderError> + Send + 'static,
 ) -> Result<T, ProviderError> {
@@ -144,6 +145,92 @@ pub async fn on_guest_thread<T: Send + 'static>(
         .map_err(|e| ProviderError::Internal(anyhow::Error::from(e).context("cannot start a guest thread")))?;
     rx.await
         .map_err(|_| ProviderError::Internal(anyhow::anyhow!("the guest thread panicked")))?
+}
+
+type PoolJob = Box<dyn FnOnce() + Send>;
+
+/// The threads that run guests: at most `size`, started as needed and
+/// kept, each with a native stack deep enough for the deepest wasm stack.
+/// A job that panics answers an internal error for its exec only; the
+/// thread goes on serving.
+pub struct GuestPool {
+    size: usize,
+    jobs: std::sync::mpsc::Sender<PoolJob>,
+    queue: Arc<std::sync::Mutex<std::sync::mpsc::Receiver<PoolJob>>>,
+    /// Threads started, and threads waiting for a job.
+    started: std::sync::atomic::AtomicUsize,
+    idle: Arc<std::sync::atomic::AtomicUsize>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl GuestPool {
+    /// A pool of at most `size` threads, running in the current runtime.
+    pub fn new(size: usize) -> GuestPool {
+        let (jobs, queue) = std::sync::mpsc::channel();
+        GuestPool {
+            size,
+            jobs,
+            queue: Arc::new(std::sync::Mutex::new(queue)),
+            started: Default::default(),
+            idle: Default::default(),
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+
+    /// Runs `f` on a pool thread. The caller bounds the jobs in flight to
+    /// the pool's size, so a job never waits for a busy thread for long.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, ProviderError> + Send + 'static,
+    ) -> Result<T, ProviderError> {
+        use std::sync::atomic::Ordering;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: PoolJob = Box::new(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            if let Ok(result) = result {
+                tx.send(result).ok();
+            }
+            // The result is out; now release the last instance.
+            release_parked();
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| ProviderError::Internal(anyhow::anyhow!("the guest threads have stopped")))?;
+        if self.idle.load(Ordering::Acquire) == 0 {
+            self.grow()?;
+        }
+        rx.await
+            .map_err(|_| ProviderError::Internal(anyhow::anyhow!("the guest program's host code panicked")))?
+    }
+
+    /// Starts one more thread, unless the pool is full.
+    fn grow(&self) -> Result<(), ProviderError> {
+        use std::sync::atomic::Ordering;
+        let claimed = self.started.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < self.size).then_some(n + 1)
+        });
+        if claimed.is_err() {
+            return Ok(());
+        }
+        let (queue, idle, runtime) = (self.queue.clone(), self.idle.clone(), self.runtime.clone());
+        std::thread::Builder::new()
+            .name("stacyvm-guest".into())
+            .stack_size(GUEST_THREAD_STACK)
+            .spawn(move || {
+                let _runtime = runtime.enter();
+                loop {
+                    idle.fetch_add(1, Ordering::AcqRel);
+                    let job = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    idle.fetch_sub(1, Ordering::AcqRel);
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                }
+            })
+            .map_err(|e| ProviderError::Internal(anyhow::Error::from(e).context("cannot start a guest thread")))?;
+        Ok(())
+    }
 }
 
 /// A fresh store for one run, with its memory limits, its fuel, and the

@@ -46,10 +46,12 @@ pub struct WasmProvider {
     fuel: u64,
     output_limit: usize,
     file_limit: usize,
-    /// Bounds the guests running at once: a slot is taken before a guest
-    /// thread starts, and the thread gives it back when it ends, so the
-    /// number of guest threads never exceeds `exec.max_concurrent`.
+    /// Bounds the guests running at once: a slot is taken before a job goes
+    /// to the guest threads, and the job gives it back when its guest has
+    /// stopped.
     slots: Arc<Semaphore>,
+    /// `exec.max_concurrent` threads at most, which run every guest.
+    threads: guest::GuestPool,
 }
 
 impl WasmProvider {
@@ -73,6 +75,7 @@ impl WasmProvider {
             output_limit: settings.exec.output_limit_bytes,
             file_limit: settings.http.file_limit_bytes.max(settings.http.body_limit_bytes),
             slots: Arc::new(Semaphore::new(settings.exec.max_concurrent)),
+            threads: guest::GuestPool::new(settings.exec.max_concurrent),
         })
     }
 
@@ -85,7 +88,7 @@ impl WasmProvider {
         let mut ledgers = self.ledgers.lock().unwrap_or_else(|e| e.into_inner());
         ledgers
             .entry(sandbox.id.as_str().to_string())
-            .or_insert_with(|| DiskLedger::new(self.disk_quota, self.max_entries))
+            .or_insert_with(|| DiskLedger::new(self.dir(sandbox), self.disk_quota, self.max_entries))
             .clone()
     }
 
@@ -113,7 +116,7 @@ impl WasmProvider {
         let (dir, ledger) = (self.dir(sandbox), self.ledger(sandbox));
         tokio::task::spawn_blocking(move || {
             let root = files::open_root(&dir)?;
-            let held = ledger.begin(&dir);
+            let held = ledger.begin();
             op(&root, &held)
         })
         .await
@@ -193,11 +196,12 @@ impl WasmProvider {
             .acquire_owned()
             .await
             .map_err(|e| ProviderError::Internal(e.into()))?;
-        guest::on_guest_thread(move || {
-            let _slot = slot;
-            f()
-        })
-        .await
+        self.threads
+            .run(move || {
+                let _slot = slot;
+                f()
+            })
+            .await
     }
 
     /// Runs a shell-mode command line in the stacyvm shell.
@@ -423,7 +427,7 @@ impl Provider for WasmProvider {
                     env.insert(k.clone(), v.clone());
                 }
             }
-            let held = ledger.begin(&dir);
+            let held = ledger.begin();
             let job = GuestJob {
                 argv,
                 env: env.into_iter().collect(),

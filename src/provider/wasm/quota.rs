@@ -18,8 +18,9 @@
 //! strings, never follows a symlink, adds with saturation, and fails
 //! closed: a tree it cannot read to the end counts as over quota.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, MetadataExt};
@@ -52,16 +53,25 @@ pub enum OverQuota {
 
 /// The ledger one sandbox's execs and file operations share.
 pub struct DiskLedger {
+    /// The sandbox's directory; None for a ledger nothing can exhaust.
+    dir: Option<PathBuf>,
     quota_bytes: u64,
     max_entries: u64,
     state: Mutex<LedgerState>,
 }
+
+/// A charge that does not fit measures the tree again, in case the holder
+/// freed space, at most this often: a guest retrying a write that cannot
+/// fit must not turn into a walk per write.
+const REMEASURE_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct LedgerState {
     /// Usage as measured, plus everything charged since. None until the
     /// next measure.
     used: Option<Usage>,
+    /// When a charge that did not fit last had the tree measured again.
+    remeasured_at: Option<Instant>,
     /// Why the last measure failed, if it did (fail closed).
     unmeasurable: Option<String>,
     /// Execs and file operations holding the ledger.
@@ -82,6 +92,7 @@ impl Drop for LedgerUse {
         if state.users == 0 {
             state.used = None;
             state.unmeasurable = None;
+            state.remeasured_at = None;
         }
     }
 }
@@ -95,8 +106,10 @@ impl std::ops::Deref for LedgerUse {
 }
 
 impl DiskLedger {
-    pub fn new(quota_bytes: u64, max_entries: u64) -> Arc<DiskLedger> {
+    /// The ledger of the sandbox whose files are in `dir`.
+    pub fn new(dir: PathBuf, quota_bytes: u64, max_entries: u64) -> Arc<DiskLedger> {
         Arc::new(DiskLedger {
+            dir: Some(dir),
             quota_bytes,
             max_entries,
             state: Mutex::default(),
@@ -105,7 +118,24 @@ impl DiskLedger {
 
     /// A ledger whose limits nothing reaches (for the server's own runs).
     pub fn unlimited() -> Arc<DiskLedger> {
-        Self::new(u64::MAX, u64::MAX)
+        Arc::new(DiskLedger {
+            dir: None,
+            quota_bytes: u64::MAX,
+            max_entries: u64::MAX,
+            state: Mutex::default(),
+        })
+    }
+
+    /// Measures the tree into `state`.
+    fn measure_into(&self, state: &mut LedgerState) {
+        let Some(dir) = &self.dir else { return };
+        match measure(dir) {
+            Ok(usage) => {
+                state.used = Some(usage);
+                state.unmeasurable = None;
+            }
+            Err(why) => state.unmeasurable = Some(why),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, LedgerState> {
@@ -113,23 +143,35 @@ impl DiskLedger {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes the ledger for an operation on the sandbox in `dir`, measuring
-    /// the tree first if nobody holds it. Blocks for the walk.
-    pub fn begin(self: &Arc<Self>, dir: &Path) -> LedgerUse {
+    /// Takes the ledger for an operation on the sandbox, measuring the tree
+    /// first if nobody holds it. Blocks for the walk.
+    pub fn begin(self: &Arc<Self>) -> LedgerUse {
         let mut state = self.lock();
         if state.used.is_none() && state.unmeasurable.is_none() {
-            match measure(dir) {
-                Ok(usage) => state.used = Some(usage),
-                Err(why) => state.unmeasurable = Some(why),
-            }
+            self.measure_into(&mut state);
         }
         state.users += 1;
         LedgerUse { ledger: self.clone() }
     }
 
-    /// Charges `bytes` and `entries`, or nothing when they do not fit.
+    /// Charges `bytes` and `entries`, or nothing when they do not fit. A
+    /// sole holder whose charge does not fit has the tree measured again
+    /// first (it may have freed space), at most once a
+    /// [`REMEASURE_INTERVAL`]; with others holding the ledger, their
+    /// charges for writes in flight must not be forgotten, so it is not.
     pub fn charge(&self, bytes: u64, entries: u64) -> Result<(), OverQuota> {
         let mut state = self.lock();
+        let result = self.try_charge(&mut state, bytes, entries);
+        let stale = state.remeasured_at.is_none_or(|at| at.elapsed() >= REMEASURE_INTERVAL);
+        if result.is_err() && state.users <= 1 && stale {
+            state.remeasured_at = Some(Instant::now());
+            self.measure_into(&mut state);
+            return self.try_charge(&mut state, bytes, entries);
+        }
+        result
+    }
+
+    fn try_charge(&self, state: &mut LedgerState, bytes: u64, entries: u64) -> Result<(), OverQuota> {
         if let Some(why) = &state.unmeasurable {
             return Err(OverQuota::Unmeasurable(why.clone()));
         }
@@ -237,8 +279,8 @@ mod tests {
         std::fs::create_dir_all(&path).unwrap();
         let why = measure(dir.path()).unwrap_err();
         assert_eq!(why, format!("its tree is deeper than {MAX_WALK_DEPTH} levels"));
-        let ledger = DiskLedger::new(1 << 30, 1000);
-        let held = ledger.begin(dir.path());
+        let ledger = DiskLedger::new(dir.path().to_path_buf(), 1 << 30, 1000);
+        let held = ledger.begin();
         assert_eq!(held.remaining_bytes(), 0);
         assert!(matches!(held.charge(1, 0), Err(OverQuota::Unmeasurable(_))));
     }
@@ -246,16 +288,35 @@ mod tests {
     #[test]
     fn holders_of_one_ledger_share_its_quota_and_the_next_one_measures_again() {
         let dir = tempfile::tempdir().unwrap();
-        let ledger = DiskLedger::new(10_000, 3);
-        let first = ledger.begin(dir.path());
-        let second = ledger.begin(dir.path());
+        let ledger = DiskLedger::new(dir.path().to_path_buf(), 10_000, 3);
+        let first = ledger.begin();
+        let second = ledger.begin();
         assert_eq!(first.charge(6_000, 1), Ok(()));
         assert_eq!(second.charge(6_000, 0), Err(OverQuota::Bytes(10_000)));
         assert_eq!(second.charge(4_000, 2), Ok(()));
         assert_eq!(first.charge(0, 1), Err(OverQuota::Entries(3)));
         drop((first, second));
         // Nothing was written: a fresh measure finds the tree empty.
-        let third = ledger.begin(dir.path());
+        let third = ledger.begin();
         assert_eq!(third.remaining_bytes(), 10_000);
+    }
+
+    #[test]
+    fn a_sole_holder_that_freed_space_can_use_it_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = DiskLedger::new(dir.path().to_path_buf(), 10_000, 100);
+        let held = ledger.begin();
+        held.charge(8_000, 1).unwrap();
+        std::fs::write(dir.path().join("f"), vec![1u8; 8_000]).unwrap();
+        std::fs::remove_file(dir.path().join("f")).unwrap();
+        // The first charge that does not fit measures again, and fits.
+        assert_eq!(held.charge(8_000, 1), Ok(()));
+        std::fs::write(dir.path().join("g"), vec![1u8; 8_000]).unwrap();
+        assert_eq!(held.charge(8_000, 1), Err(OverQuota::Bytes(10_000)));
+        std::fs::remove_file(dir.path().join("g")).unwrap();
+        // Within the interval, a charge that does not fit walks no more.
+        assert_eq!(held.charge(8_000, 1), Err(OverQuota::Bytes(10_000)));
+        std::thread::sleep(REMEASURE_INTERVAL);
+        assert_eq!(held.charge(8_000, 1), Ok(()));
     }
 }

@@ -128,7 +128,7 @@ pub struct Shell {
 pub fn run(job: ShellJob) -> Result<ExecOutput, ProviderError> {
     let started = Instant::now();
     let root = files::open_root(&job.sandbox_dir)?;
-    let held = job.ledger.begin(&job.sandbox_dir);
+    let held = job.ledger.begin();
     let vars_bytes = job.env.iter().map(|(k, v)| k.len() + v.len()).sum();
     let mut shell = Shell {
         root,

@@ -8,6 +8,7 @@ mod docker;
 #[allow(dead_code)]
 #[path = "../api/helpers.rs"]
 mod helpers;
+mod random;
 #[allow(dead_code)]
 mod support;
 mod wasm;

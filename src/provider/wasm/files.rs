@@ -20,6 +20,10 @@ pub fn open_root(dir: &Path) -> Result<Dir, ProviderError> {
         .map_err(|e| ProviderError::Internal(anyhow::anyhow!("cannot open sandbox directory {}: {e}", dir.display())))
 }
 
+/// Linux's errno values for a name too long and a symlink loop.
+const ENAMETOOLONG: i32 = 36;
+const ELOOP: i32 = 40;
+
 /// Maps an I/O error on `path` to what the client should hear.
 pub fn io_error(path: &SandboxPath, e: io::Error) -> ProviderError {
     // cap-std reports an attempted escape (an absolute symlink, or `..`
@@ -27,8 +31,20 @@ pub fn io_error(path: &SandboxPath, e: io::Error) -> ProviderError {
     if e.to_string().contains("outside of the filesystem") {
         return ProviderError::InvalidInput(format!("path {path} escapes the sandbox"));
     }
+    match e.raw_os_error() {
+        Some(ENAMETOOLONG) => {
+            return ProviderError::InvalidInput(format!("a name in {path} is longer than 255 bytes"));
+        }
+        Some(ELOOP) => {
+            return ProviderError::InvalidInput(format!("{path} goes through too many symbolic links"));
+        }
+        _ => {}
+    }
     match e.kind() {
         io::ErrorKind::NotFound => ProviderError::NotFound(format!("file {path} not found")),
+        io::ErrorKind::InvalidInput | io::ErrorKind::InvalidFilename => {
+            ProviderError::InvalidInput(format!("{path} is not a valid path here"))
+        }
         io::ErrorKind::IsADirectory => ProviderError::InvalidInput(format!("{path} is a directory")),
         io::ErrorKind::NotADirectory => ProviderError::InvalidInput(format!("a parent of {path} is not a directory")),
         io::ErrorKind::AlreadyExists => ProviderError::Conflict(format!("{path} already exists")),

@@ -454,9 +454,10 @@ async fn a_mix_of_attacks_never_stops_correct_execs() {
                 );
                 assert!(took < Duration::from_secs(10), "the canary took {took:?}");
                 canary_runs.fetch_add(1, Ordering::Relaxed);
-                let mut slowest = slowest.lock().unwrap();
-                *slowest = (*slowest).max(took);
-                drop(slowest);
+                {
+                    let mut slowest = slowest.lock().unwrap();
+                    *slowest = (*slowest).max(took);
+                }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         };

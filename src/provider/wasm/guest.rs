@@ -920,3 +920,20 @@ fn run_module(
     park(store);
     start.finish(result, &job)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_job_that_panics_answers_an_internal_error_and_the_pool_serves_on() {
+        let pool = GuestPool::new(1);
+        let panicked = pool.run(|| -> Result<(), ProviderError> { panic!("a bug") }).await;
+        assert_eq!(
+            panicked.unwrap_err().to_string(),
+            "the guest program's host code panicked"
+        );
+        assert_eq!(pool.run(|| Ok(42)).await.unwrap(), 42);
+        assert_eq!(pool.started.load(std::sync::atomic::Ordering::Acquire), 1);
+    }
+}

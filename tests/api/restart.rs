@@ -35,8 +35,9 @@ fn start(data_dir: &std::path::Path) -> Server {
             }
         }
     });
+    // On a fresh checkout the first server builds the images (minutes).
     let addr = rx
-        .recv_timeout(Duration::from_secs(120))
+        .recv_timeout(Duration::from_secs(900))
         .expect("the server reports its address");
     Server {
         child,

@@ -75,7 +75,7 @@ impl ServerProcess {
             }
         });
         let addr = rx
-            .recv_timeout(std::time::Duration::from_secs(600))
+            .recv_timeout(std::time::Duration::from_secs(900))
             .expect("the server reports its address");
         ServerProcess {
             child,

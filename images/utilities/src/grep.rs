@@ -634,10 +634,12 @@ impl<W: Write> Grep<'_, W> {
                 continue;
             }
             let path = Path::new(operand);
-            if !o.operands.is_empty() && self.skipped_by_name(operand) {
+            let meta = std::fs::metadata(path);
+            // --include and --exclude apply to file operands, never to directories.
+            if !meta.as_ref().is_ok_and(|m| m.is_dir()) && self.skipped_by_name(operand) {
                 continue;
             }
-            match std::fs::metadata(path) {
+            match meta {
                 Ok(m) if m.is_dir() => {
                     if o.recursive {
                         self.walk(operand, implicit_dot)?;
@@ -795,10 +797,7 @@ impl<W: Write> Grep<'_, W> {
             }
         }
         if binary && o.binary == Binary::WithoutMatch {
-            if o.listing == Listing::FilesWithout {
-                self.list_name(name)?;
-            }
-            return Ok(());
+            return self.finish(name, 0);
         }
         let mut line = Vec::new();
         let mut number: u64 = 0;
@@ -868,9 +867,7 @@ impl<W: Write> Grep<'_, W> {
                 continue;
             }
             selected += 1;
-            if o.listing != Listing::FilesWithout {
-                self.selected_any = true;
-            }
+            self.selected_any = true;
             match o.listing {
                 Listing::Quiet => return Err(Stop::Quit),
                 Listing::FilesWith => {
@@ -894,11 +891,16 @@ impl<W: Write> Grep<'_, W> {
             line = text;
             after_left = o.after;
         }
-        match o.listing {
+        self.finish(name, selected)
+    }
+
+    /// What -c and -L print once a file is read.
+    fn finish(&mut self, name: &str, selected: u64) -> Result<(), Stop> {
+        match self.o.listing {
             Listing::Count => {
                 if self.with_filename {
                     self.out.write_all(name.as_bytes())?;
-                    self.out.write_all(if o.null { b"\0" } else { b":" })?;
+                    self.out.write_all(if self.o.null { b"\0" } else { b":" })?;
                 }
                 writeln!(self.out, "{selected}")?;
             }
@@ -909,8 +911,6 @@ impl<W: Write> Grep<'_, W> {
     }
 
     fn list_name(&mut self, name: &str) -> io::Result<()> {
-        // With -L, listing a file is what succeeds.
-        self.selected_any = true;
         self.out.write_all(name.as_bytes())?;
         self.out.write_all(if self.o.null { b"\0" } else { b"\n" })?;
         if self.o.line_buffered {

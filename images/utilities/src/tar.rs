@@ -366,6 +366,12 @@ impl Tar {
             })?;
             (Box::new(f), Some(lexical(Path::new(&archive))))
         };
+        // A failed write is the archive's fault, not the member's.
+        let write_failed = std::rc::Rc::new(std::cell::Cell::new(false));
+        let out = Tracked {
+            inner: out,
+            failed: write_failed.clone(),
+        };
         let out = io::BufWriter::with_capacity(64 * 1024, out);
         let out: Box<dyn Write> = if gzip {
             Box::new(GzEncoder::new(out, Compression::default()))
@@ -386,7 +392,15 @@ impl Tar {
                         archive: archive_path.as_deref(),
                         to_stderr,
                     };
-                    self.add(&mut builder, &ctx, &base.join(p), &name)?;
+                    if let Err(Fatal(message)) = self.add(&mut builder, &ctx, &base.join(p), &name) {
+                        if !write_failed.get() {
+                            return Err(Fatal(message));
+                        }
+                        let why = message.rsplit(": ").next().unwrap_or_default();
+                        return Err(Fatal(format!(
+                            "{archive}: Cannot write: {why}\ntar: Error is not recoverable: exiting now"
+                        )));
+                    }
                 }
             }
         }
@@ -777,6 +791,22 @@ impl Tar {
             self.error(format!("{}: {verb}: {}", rel.display(), crate::io_message(&e)));
         }
         Ok(())
+    }
+}
+
+/// A writer that remembers whether a write failed.
+struct Tracked {
+    inner: Box<dyn Write>,
+    failed: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl Write for Tracked {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf).inspect_err(|_| self.failed.set(true))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush().inspect_err(|_| self.failed.set(true))
     }
 }
 

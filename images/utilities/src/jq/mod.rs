@@ -1,8 +1,9 @@
 //! `jq`: the command-line program of jaq 3.1.2 (MIT licence, Copyright (c)
 //! Michael Färber), vendored from the `jaq` crate, whose binary cannot be a
 //! dependency. Changes for this multicall program: no REPL (`repl` and its
-//! line editor), no `--run-tests`, no Windows code, no mimalloc, and the
-//! entry point is `main` returning the exit status.
+//! line editor), no `--run-tests`, no Windows code, no mimalloc, I/O errors
+//! without Rust's "(os error N)", and the entry point is `main` returning
+//! the exit status.
 
 mod cli;
 mod filter;
@@ -287,7 +288,7 @@ impl fmt::Display for ErrorColor<'_> {
                 if let Some(p) = prefix {
                     write!(f, "{p}: ")?;
                 }
-                writeln!(f, "{e}")
+                writeln!(f, "{}", crate::io_message(e))
             }
             Error::Report(reports) => reports.iter().try_for_each(|fr| {
                 FileReportsDisp::new(fr)

@@ -374,8 +374,8 @@ impl<'a> Interpreter<'a> {
 
     /// Set a variable before execution
     pub fn set_variable(&mut self, name: &str, value: &str) {
-        self.variables
-            .insert(name.to_string(), Value::from_string(value.to_string()));
+        // Through the special variables too: `-v OFS=-` sets the separator.
+        self.set_variable_value(name, Value::from_string(value.to_string()));
     }
 
     /// Set the current filename (FILENAME)

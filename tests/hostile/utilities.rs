@@ -40,8 +40,15 @@ async fn patterns_that_compile_to_huge_programs_are_refused_by_grep_and_find() {
             answer.1
         );
     }
-    let answer = attack(&app, &id, "find . -regex '\\(a\\{30000\\}\\)\\{30000\\}'", "").await;
+    let answer = attack(
+        &app,
+        &id,
+        "find . -regextype posix-basic -regex '\\(a\\{30000\\}\\)\\{30000\\}'",
+        "",
+    )
+    .await;
     assert_refused_or_failed(&answer);
+    assert!(stderr(&answer).contains("Regular expression too big"), "{}", answer.1);
     assert_up(&app).await;
 }
 

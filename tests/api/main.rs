@@ -15,3 +15,4 @@ mod sandboxes;
 mod schemathesis;
 mod sdk;
 mod shell;
+mod utilities;

@@ -11,4 +11,5 @@ mod helpers;
 mod random;
 #[allow(dead_code)]
 mod support;
+mod utilities;
 mod wasm;

@@ -877,7 +877,7 @@ pub enum GuestOut {
     /// Dropped.
     Discard,
     /// Handed to this function as it comes (a pipe to another command).
-    Writer(Arc<dyn Fn(&[u8]) -> std::io::Result<()> + Send + Sync>),
+    Writer(super::pipe::WriteFn),
 }
 
 /// Everything one run needs; built by the provider from the exec request.

@@ -255,7 +255,10 @@ pub struct BrokenPipe;
 /// command that runs at the same time. A write may wait (the pipe is full)
 /// and fails when the reader is gone (EPIPE) or the exec must stop.
 #[derive(Clone)]
-pub struct WriterSink(pub Arc<dyn Fn(&[u8]) -> std::io::Result<()> + Send + Sync>);
+pub struct WriterSink(pub WriteFn);
+
+/// Where a [`WriterSink`] hands each write.
+pub type WriteFn = Arc<dyn Fn(&[u8]) -> std::io::Result<()> + Send + Sync>;
 
 impl OutputStream for WriterSink {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {

@@ -344,20 +344,32 @@ pub fn parse_bounded(script: &str) -> Result<Script, String> {
             script.len()
         ));
     }
-    if nesting(script) > MAX_NESTING {
+    let (depth, parens) = nesting(script);
+    if depth > MAX_NESTING {
         return Err(format!("the command line nests deeper than {MAX_NESTING} levels"));
+    }
+    if parens > MAX_PAREN_NESTING {
+        return Err(format!(
+            "parentheses nest deeper than {MAX_PAREN_NESTING} levels in the command line"
+        ));
     }
     syntax::parse(script).map_err(|e| e.to_string())
 }
 
+/// How deep parentheses may nest. The parser tries `((` as arithmetic and
+/// then as two subshells, which costs it twice as much for each level.
+const MAX_PAREN_NESTING: usize = 16;
+
 /// An upper bound on how deep the parser will recurse into `script`:
 /// brackets, braces, backquotes and compound-command keywords open a level,
-/// their closers end one; quoted text opens nothing.
-pub fn nesting(script: &str) -> usize {
+/// their closers end one; quoted text opens nothing. Also how deep
+/// parentheses alone nest.
+pub fn nesting(script: &str) -> (usize, usize) {
     const OPENERS: &[&str] = &["if", "case", "for", "while", "until", "select"];
     const CLOSERS: &[&str] = &["fi", "esac", "done"];
     let bytes = script.as_bytes();
     let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut parens, mut deepest_parens) = (0usize, 0usize);
     let mut in_double = false;
     let mut i = 0;
     let open = |depth: &mut usize, deepest: &mut usize| {
@@ -375,8 +387,21 @@ pub fn nesting(script: &str) -> usize {
                 }
             }
             b'"' => in_double = !in_double,
-            b'(' | b'{' | b'`' => open(&mut depth, &mut deepest),
-            b')' | b'}' => depth = depth.saturating_sub(1),
+            b'(' => {
+                open(&mut depth, &mut deepest);
+                // In double quotes only `$(` is syntax.
+                if !in_double || (i > 0 && bytes[i - 1] == b'$') {
+                    open(&mut parens, &mut deepest_parens);
+                }
+            }
+            b'{' | b'`' => open(&mut depth, &mut deepest),
+            b')' => {
+                depth = depth.saturating_sub(1);
+                if !in_double || parens > 0 {
+                    parens = parens.saturating_sub(1);
+                }
+            }
+            b'}' => depth = depth.saturating_sub(1),
             b'a'..=b'z' if !in_double && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric()) => {
                 let end = bytes[i..]
                     .iter()
@@ -395,7 +420,7 @@ pub fn nesting(script: &str) -> usize {
         }
         i += 1;
     }
-    deepest
+    (deepest, deepest_parens)
 }
 
 /// The statuses of a pipeline's commands, as `set -o pipefail` reads them.

@@ -460,8 +460,11 @@ impl Shell {
     /// Entries of the sandbox a field matches, spelled as the pattern was
     /// (relative stays relative), sorted; none when nothing matches.
     fn glob(&self, field: &Field) -> Vec<String> {
-        let mut components: Vec<(String, Vec<(char, bool)>, bool)> = vec![];
-        let mut current: (String, Vec<(char, bool)>, bool) = Default::default();
+        // Each component's text, its characters (and whether each was
+        // quoted), and whether it holds a wildcard.
+        type Component = (String, Vec<(char, bool)>, bool);
+        let mut components: Vec<Component> = vec![];
+        let mut current: Component = Default::default();
         for ch in &field.chars {
             if ch.c == '/' {
                 components.push(std::mem::take(&mut current));

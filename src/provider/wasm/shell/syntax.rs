@@ -303,7 +303,24 @@ fn options() -> brush_parser::ParserOptions {
     }
 }
 
+thread_local! {
+    /// The characters of the scripts being parsed, innermost last: brush's
+    /// locations index into them.
+    static SOURCES: std::cell::RefCell<Vec<Vec<char>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Pops the source pushed by [`parse`], however it returns.
+struct SourceGuard;
+
+impl Drop for SourceGuard {
+    fn drop(&mut self) {
+        SOURCES.with(|s| s.borrow_mut().pop());
+    }
+}
+
 pub fn parse(script: &str) -> Parsed<Script> {
+    SOURCES.with(|s| s.borrow_mut().push(script.chars().collect()));
+    let _guard = SourceGuard;
     let opts = options();
     let mut parser = brush_parser::Parser::new(std::io::BufReader::new(script.as_bytes()), &opts);
     let program = parser.parse_program().map_err(|e| syntax_error(&e))?;
@@ -312,6 +329,18 @@ pub fn parse(script: &str) -> Parsed<Script> {
         items.extend(compound_list(complete)?.0);
     }
     Ok(Script(items))
+}
+
+/// For an arithmetic command whose two opening parentheses are apart in
+/// the source (`( (`), the text inside the outer pair: a subshell.
+fn spaced_subshells(loc: &brush_parser::SourceSpan) -> Option<String> {
+    SOURCES.with(|s| {
+        let sources = s.borrow();
+        let source = sources.last()?;
+        let (start, end) = (loc.start.index, loc.end.index.min(source.len()));
+        let spaced = source.get(start) == Some(&'(') && source.get(start + 1) != Some(&'(');
+        (spaced && end > start + 1 && source[end - 1] == ')').then(|| source[start + 1..end - 1].iter().collect())
+    })
 }
 
 /// brush's messages, reworded as dash words them.
@@ -454,7 +483,11 @@ fn compound(c: ast::CompoundCommand) -> Parsed<Compound> {
                 })
                 .collect::<Parsed<_>>()?,
         },
-        C::Arithmetic(a) => Compound::Arith(arith_word(&a.expr.value)?),
+        C::Arithmetic(a) => match spaced_subshells(&a.loc) {
+            // brush reads `( ( cmd ) )` as `(( cmd ))`; sh reads subshells.
+            Some(inner) => Compound::Subshell(parse(&inner)?),
+            None => Compound::Arith(arith_word(&a.expr.value)?),
+        },
         C::Coprocess(_) => return Err(ParseError::Unsupported("coprocesses")),
     })
 }

@@ -3,9 +3,11 @@
 //! whose whole world is that directory.
 
 mod component;
+pub(crate) mod context;
 mod engine;
 mod files;
 mod guest;
+mod instrument;
 mod pipe;
 mod quota;
 mod shell;

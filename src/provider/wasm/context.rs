@@ -362,7 +362,6 @@ pub struct ContextImage {
 /// for minutes, and each would pin a pool slot; on-demand instances cost
 /// only what their memories touch.
 pub struct ContextEngine {
-    pub engine: Engine,
     images: Vec<Arc<ContextImage>>,
     /// Languages whose image could not be loaded, and why.
     pub unavailable: BTreeMap<&'static str, String>,
@@ -398,7 +397,6 @@ impl ContextEngine {
         }
         let ticker = super::engine::EpochTicker::start(engine.clone());
         Ok(ContextEngine {
-            engine,
             images,
             unavailable,
             _ticker: ticker,
@@ -486,11 +484,6 @@ pub struct SnapshotState {
     pub files: Vec<OpenFile>,
 }
 
-impl Snapshot {
-    pub fn memory_bytes(&self) -> u64 {
-        self.memories.iter().map(|m| m.len() as u64).sum()
-    }
-}
 
 /// How a cell ended when it did not complete.
 pub enum CellFailure {

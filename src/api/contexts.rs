@@ -130,7 +130,12 @@ async fn code(
 ) -> Result<Response, ApiError> {
     let ctx = state
         .service
-        .code_context(&caller.tenant, &id, body.language.as_deref(), body.context_id.as_deref())
+        .code_context(
+            &caller.tenant,
+            &id,
+            body.language.as_deref(),
+            body.context_id.as_deref(),
+        )
         .await?;
     let run = RunBody {
         code: body.code,
@@ -193,10 +198,12 @@ async fn run_in(state: AppState, caller: Caller, id: String, ctx: String, body: 
     };
     let (sb, cell) = state.service.prepare_cell(&caller.tenant, &id, req)?;
     if !body.stream {
-        return Ok(match state.service.context_run(sb, &ctx, cell, ExecIo::default()).await {
-            Ok(out) => Json(cell_json(&out)).into_response(),
-            Err(e) => rolled_back(e),
-        });
+        return Ok(
+            match state.service.context_run(sb, &ctx, cell, ExecIo::default()).await {
+                Ok(out) => Json(cell_json(&out)).into_response(),
+                Err(e) => rolled_back(e),
+            },
+        );
     }
     let (chunk_tx, raw_rx) = mpsc::unbounded_channel();
     let mut chunk_rx = batch_output(raw_rx);

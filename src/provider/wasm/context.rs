@@ -484,7 +484,6 @@ pub struct SnapshotState {
     pub files: Vec<OpenFile>,
 }
 
-
 /// How a cell ended when it did not complete.
 pub enum CellFailure {
     Timeout,
@@ -865,6 +864,13 @@ impl LiveContext {
             Err(e) => Err(e),
         };
         self.io.end();
+        // Between cells the store keeps no channel of this cell: a streamed
+        // answer ends when its cell does.
+        self.store.data_mut().set_stop(StopCheck {
+            deadline: Instant::now(),
+            output: None,
+            cancel: Default::default(),
+        });
         let memory_hit = self.store.data().context.as_ref().is_some_and(|c| c.limiter.hit);
         let past_deadline = Instant::now() >= started + limits.timeout;
         let outcome = match outcome {

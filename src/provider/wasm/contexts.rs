@@ -132,7 +132,18 @@ impl ContextManager {
 
     /// Room for one more context in memory: pauses the least recently used
     /// idle ones while the server holds `max_live` or more.
-    async fn make_room(&self, provider: &WasmProvider) {
+    async fn make_room(&self, provider: &WasmProvider) -> Result<(), ProviderError> {
+        self.pause_lru(provider).await;
+        if self.live.load(Ordering::Acquire) >= self.max_live {
+            return Err(ProviderError::QuotaExceeded(format!(
+                "the server already holds the maximum of {} code contexts in memory, and none can be paused now",
+                self.max_live
+            )));
+        }
+        Ok(())
+    }
+
+    async fn pause_lru(&self, provider: &WasmProvider) {
         let mut tries = 0;
         while self.live.load(Ordering::Acquire) >= self.max_live && tries < 8 {
             tries += 1;
@@ -171,7 +182,9 @@ impl ContextManager {
                 let mut guard = guard;
                 let meta = meta_json(&guard.info);
                 let ledger = guard.env.ledger.clone();
-                let State::Live(live) = &mut guard.state else { unreachable!() };
+                let State::Live(live) = &mut guard.state else {
+                    unreachable!()
+                };
                 let written = live
                     .snapshot(None)
                     .and_then(|s| super::context::write_snapshot(&dir, &s, &meta))
@@ -180,7 +193,9 @@ impl ContextManager {
                     Ok(()) => Ok(bytes),
                     Err(over) => {
                         std::fs::remove_dir_all(&dir).ok();
-                        Err(ProviderError::QuotaExceeded(format!("the context cannot be paused: {over}")))
+                        Err(ProviderError::QuotaExceeded(format!(
+                            "the context cannot be paused: {over}"
+                        )))
                     }
                 });
                 if let Ok(bytes) = result {
@@ -211,9 +226,9 @@ impl ContextManager {
             }
             State::Paused => {}
         }
-        self.make_room(provider).await;
+        self.make_room(provider).await?;
         let dir = self.dir(&guard.env_sandbox_id(), &guard.info.id);
-        let (mut guard, dir) = provider
+        let mut guard = provider
             .run_guest(move || {
                 let mut guard = guard;
                 let (snapshot, _) =
@@ -222,11 +237,13 @@ impl ContextManager {
                 guard.state = State::Live(Box::new(live));
                 guard.env.ledger.release(guard.paused_bytes);
                 guard.paused_bytes = 0;
-                Ok((guard, dir))
+                // The guard is held here: the context is live before its
+                // files go, whoever awaits this.
+                std::fs::remove_dir_all(&dir).ok();
+                Ok(guard)
             })
             .await?;
         self.live.fetch_add(1, Ordering::AcqRel);
-        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir).ok());
         guard.info.last_used_at = SystemTime::now();
         Ok(guard)
     }
@@ -256,7 +273,9 @@ impl ContextManager {
     /// and removes every other context directory (a sandbox that is gone, a
     /// pause that never finished, a context that was in memory at a crash).
     pub fn recover(&self, provider: &WasmProvider, known: &[Sandbox]) -> usize {
-        let Ok(read) = std::fs::read_dir(&self.root) else { return 0 };
+        let Ok(read) = std::fs::read_dir(&self.root) else {
+            return 0;
+        };
         let mut recovered = 0;
         for sandbox_dir in read.flatten() {
             let name = sandbox_dir.file_name().to_string_lossy().into_owned();
@@ -264,7 +283,9 @@ impl ContextManager {
                 std::fs::remove_dir_all(sandbox_dir.path()).ok();
                 continue;
             };
-            let Ok(contexts) = std::fs::read_dir(sandbox_dir.path()) else { continue };
+            let Ok(contexts) = std::fs::read_dir(sandbox_dir.path()) else {
+                continue;
+            };
             for dir in contexts.flatten() {
                 match self.recover_one(provider, sandbox, &dir.path()) {
                     Ok(()) => recovered += 1,
@@ -287,7 +308,10 @@ impl ContextManager {
             anyhow::bail!("its id does not match its directory");
         }
         let language = meta["language"].as_str().unwrap_or_default();
-        let engine = self.engine.as_ref().ok_or_else(|| anyhow::anyhow!("contexts are unavailable"))?;
+        let engine = self
+            .engine
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("contexts are unavailable"))?;
         let image = engine
             .image(language)
             .ok_or_else(|| anyhow::anyhow!("language {language} is not served"))?
@@ -464,11 +488,15 @@ impl WasmProvider {
             )));
         }
         Err(ProviderError::Unsupported(match language {
-            "python" => "python contexts are not offered by the wasm provider yet: its CPython 3.14 image is a WASI 0.2 \
+            "python" => {
+                "python contexts are not offered by the wasm provider yet: its CPython 3.14 image is a WASI 0.2 \
                          component, whose resource handles live in wasmtime tables that cannot be copied into another \
                          instance; the languages with contexts are: javascript"
-                .to_string(),
-            other => format!("the wasm provider has no {other:?} contexts; the languages with contexts are: javascript"),
+                    .to_string()
+            }
+            other => {
+                format!("the wasm provider has no {other:?} contexts; the languages with contexts are: javascript")
+            }
         }))
     }
 }
@@ -490,7 +518,13 @@ impl ContextBackend for WasmProvider {
         self.manager()
             .engine
             .as_ref()
-            .map(|e| vec![if e.image("javascript").is_some() { "javascript" } else { "" }])
+            .map(|e| {
+                vec![if e.image("javascript").is_some() {
+                    "javascript"
+                } else {
+                    ""
+                }]
+            })
             .unwrap_or_default()
             .into_iter()
             .filter(|l| !l.is_empty())
@@ -518,7 +552,7 @@ impl ContextBackend for WasmProvider {
         }
         let root = super::files::open_root(&self.dir(sandbox))?;
         Self::check_workdir(&root, &spec.cwd)?;
-        manager.make_room(self).await;
+        manager.make_room(self).await?;
         let cwd = spec.cwd.to_string();
         let env = self.context_env(sandbox, spec.env.into_iter().collect(), &cwd);
         let (img, env2, cwd2) = (image.clone(), env.clone(), cwd.clone());
@@ -606,7 +640,9 @@ impl ContextBackend for WasmProvider {
             .run_guest(move || {
                 let mut guard = guard;
                 let e = &mut *guard;
-                let State::Live(live) = &mut e.state else { unreachable!("resumed") };
+                let State::Live(live) = &mut e.state else {
+                    unreachable!("resumed")
+                };
                 let held = e.env.ledger.begin();
                 let snapshot = live.snapshot(e.spare.take()).map_err(ProviderError::Internal)?;
                 let run = live.run_cell(&code, cell.stdin, &limits);
@@ -679,12 +715,14 @@ impl ContextBackend for WasmProvider {
             )));
         }
         let guard = manager.resume(self, entry.lock_owned().await).await?;
-        manager.make_room(self).await;
+        manager.make_room(self).await?;
         let (guard, copy) = self
             .run_guest(move || {
                 let mut guard = guard;
                 let e = &mut *guard;
-                let State::Live(live) = &mut e.state else { unreachable!("resumed") };
+                let State::Live(live) = &mut e.state else {
+                    unreachable!("resumed")
+                };
                 let snapshot = live.snapshot(None).map_err(ProviderError::Internal)?;
                 let copy = LiveContext::restore(e.image.clone(), &e.env, &snapshot)?;
                 Ok((guard, copy))
@@ -731,17 +769,20 @@ impl ContextBackend for WasmProvider {
                 State::Broken => continue,
                 State::Paused => {
                     let src = manager.dir(parent.id.as_str(), &id);
-                    let bytes = tokio::task::spawn_blocking(move || copy_dir_files(&src, &dest).map(|_| dir_bytes(&dest)))
-                        .await
-                        .map_err(|e| ProviderError::Internal(e.into()))?
-                        .map_err(|e| ProviderError::Internal(e.into()))?;
+                    let bytes =
+                        tokio::task::spawn_blocking(move || copy_dir_files(&src, &dest).map(|_| dir_bytes(&dest)))
+                            .await
+                            .map_err(|e| ProviderError::Internal(e.into()))?
+                            .map_err(|e| ProviderError::Internal(e.into()))?;
                     (guard, bytes)
                 }
                 State::Live(_) => {
                     let meta = meta_json(&info);
                     self.run_guest(move || {
                         let mut guard = guard;
-                        let State::Live(live) = &mut guard.state else { unreachable!() };
+                        let State::Live(live) = &mut guard.state else {
+                            unreachable!()
+                        };
                         let written = live
                             .snapshot(None)
                             .and_then(|s| super::context::write_snapshot(&dest, &s, &meta))
@@ -774,7 +815,9 @@ impl ContextBackend for WasmProvider {
             .collect();
         let now = SystemTime::now();
         for entry in all {
-            let Ok(guard) = entry.clone().try_lock_owned() else { continue };
+            let Ok(guard) = entry.clone().try_lock_owned() else {
+                continue;
+            };
             let idle = now.duration_since(guard.info.last_used_at).unwrap_or_default();
             if !matches!(guard.state, State::Live(_)) || idle < manager.idle_pause {
                 continue;

@@ -166,11 +166,11 @@ impl DiskLedger {
 
     /// Gives back what [`Self::reserve`] took (a context resumed or deleted).
     pub fn release(&self, bytes: u64) {
-        let _ = self
-            .reserved
-            .fetch_update(std::sync::atomic::Ordering::AcqRel, std::sync::atomic::Ordering::Acquire, |r| {
-                Some(r.saturating_sub(bytes))
-            });
+        let _ = self.reserved.fetch_update(
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+            |r| Some(r.saturating_sub(bytes)),
+        );
     }
 
     /// Measures the tree into `state`.

@@ -802,7 +802,7 @@ impl LiveContext {
                     0,
                 ))??;
                 if errno != 0 {
-                    return Ok(None);
+                    return Ok(errno);
                 }
                 let fd = u32::from_le_bytes(
                     mem.as_slice(wiggle::GuestPtr::<[u8]>::new((0, 4)))?
@@ -820,9 +820,9 @@ impl LiveContext {
                 if let Some(position) = file.position {
                     in_tokio(wasi1::fd_seek(wasi, mem, file.fd as i32, position as i64, 0, 8))??;
                 }
-                Ok(Some(()))
+                Ok(0)
             })?;
-            if reopened.is_some() {
+            if reopened == 0 {
                 log.opened(file.fd, file.call, file.path.clone());
                 if let Some(f) = log.files.get_mut(&file.fd) {
                     f.seq = file.seq;
@@ -831,7 +831,9 @@ impl LiveContext {
             } else {
                 tracing::info!(
                     fd = file.fd,
-                    "a context's open file is gone and stays closed in its copy"
+                    errno = reopened,
+                    path = %String::from_utf8_lossy(&file.path),
+                    "a context's open file cannot be opened again and stays closed in its copy"
                 );
             }
         }

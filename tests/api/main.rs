@@ -16,3 +16,4 @@ mod sandboxes;
 mod schemathesis;
 mod sdk;
 mod shell;
+mod utilities;

@@ -12,4 +12,5 @@ mod helpers;
 mod random;
 #[allow(dead_code)]
 mod support;
+mod utilities;
 mod wasm;

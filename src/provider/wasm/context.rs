@@ -745,9 +745,17 @@ impl LiveContext {
             .instance
             .get_memory(&mut self.store, "memory")
             .context("the program exports no memory")?;
+        // The linker's wrapper refills the WASI context's per-call budget
+        // (the bytes a call may copy out of guest memory) before each call a
+        // guest makes; the host's own calls here bypass it, and without the
+        // refill they would spend what the guest's last call left (nothing,
+        // in a fresh copy) and fail with ENOMEM.
+        let fuel = self.store.hostcall_fuel();
         let (data, state) = memory.data_and_store_mut(&mut self.store);
         let mut mem = GuestMemory::Unshared(data);
-        f(state.wasi_mut(), &mut mem)
+        let wasi = state.wasi_mut();
+        wasi1::WasiSnapshotPreview1::set_hostcall_fuel(wasi, fuel);
+        f(wasi, &mut mem)
     }
 
     /// A file's current position, if it has one.

@@ -391,6 +391,10 @@ impl RunStart {
             // before the next deadline check: it still ran out of time.
             return if past_deadline { timed_out(output) } else { Ok(output) };
         }
+        if error.downcast_ref::<super::pipe::BrokenPipe>().is_some() {
+            output.exit_code = 141;
+            return if past_deadline { timed_out(output) } else { Ok(output) };
+        }
         if error.downcast_ref::<ClientGone>().is_some() {
             return Err(ProviderError::Cancelled);
         }

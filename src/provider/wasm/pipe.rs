@@ -244,6 +244,13 @@ impl StdoutStream for FileSink {
     }
 }
 
+/// A guest wrote to a pipe whose reader has gone. Where a process would
+/// get SIGPIPE and die quietly, the guest stops with status 141
+/// (128 + SIGPIPE), as `yes | head -1` needs.
+#[derive(Debug, thiserror::Error)]
+#[error("broken pipe")]
+pub struct BrokenPipe;
+
 /// A guest's output handed to a function as it comes: a pipe to another
 /// command that runs at the same time. A write may wait (the pipe is full)
 /// and fails when the reader is gone (EPIPE) or the exec must stop.
@@ -252,7 +259,14 @@ pub struct WriterSink(pub Arc<dyn Fn(&[u8]) -> std::io::Result<()> + Send + Sync
 
 impl OutputStream for WriterSink {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        (self.0)(&bytes).map_err(|e| StreamError::LastOperationFailed(wasmtime::Error::new(e)))
+        (self.0)(&bytes).map_err(|e| {
+            if e.raw_os_error() == Some(EPIPE) || e.kind() == std::io::ErrorKind::BrokenPipe {
+                // What SIGPIPE does to a process: the writer stops, quietly.
+                StreamError::Trap(wasmtime::Error::new(BrokenPipe))
+            } else {
+                StreamError::LastOperationFailed(wasmtime::Error::new(e))
+            }
+        })
     }
     fn flush(&mut self) -> StreamResult<()> {
         Ok(())

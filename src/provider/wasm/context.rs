@@ -971,7 +971,7 @@ pub fn read_snapshot(dir: &Path, max_memory: usize) -> anyhow::Result<(Snapshot,
     for i in 0..count {
         let raw = std::fs::read(dir.join(format!("memory-{i}.bin")))?;
         let len = u64::from_le_bytes(raw.get(..8).context("a memory file is truncated")?.try_into()?) as usize;
-        if len > max_memory || len % 65536 != 0 {
+        if len > max_memory || !len.is_multiple_of(65536) {
             bail!("a memory of {len} bytes is over the context's limit");
         }
         let mut memory = vec![0u8; len];

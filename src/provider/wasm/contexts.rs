@@ -29,13 +29,16 @@ use crate::provider::contexts::{CellOutput, CellSpec, ContextBackend, ContextInf
 use crate::provider::{ExecIo, ExecOutput, ProviderError};
 use crate::sandbox::Sandbox;
 
+/// One sandbox's contexts, by id.
+type SandboxContexts = HashMap<String, Arc<tokio::sync::Mutex<Entry>>>;
+
 /// The contexts of every sandbox.
 pub struct ContextManager {
     pub(super) engine: Option<Arc<ContextEngine>>,
     /// Why contexts are unavailable altogether, when the engine failed.
     pub(super) engine_error: Option<String>,
     root: PathBuf,
-    sandboxes: Mutex<HashMap<String, HashMap<String, Arc<tokio::sync::Mutex<Entry>>>>>,
+    sandboxes: Mutex<HashMap<String, SandboxContexts>>,
     live: AtomicUsize,
     idle_pause: Duration,
     max_per_sandbox: usize,

@@ -108,6 +108,7 @@ impl App {
             loop {
                 tick.tick().await;
                 reaper_service.reap_expired().await;
+                reaper_service.pause_idle_contexts().await;
             }
         });
         tracing::info!(addr = %self.local_addr(), "stacyvm listening");

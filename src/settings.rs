@@ -29,6 +29,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub wasm: WasmSettings,
     pub docker: DockerSettings,
+    pub contexts: ContextSettings,
     /// When set, `{port}-{id}.{preview_domain}` hosts are proxied to the
     /// sandbox's port, and the Sandbox object carries `preview_domain`.
     pub preview_domain: Option<String>,
@@ -263,7 +264,35 @@ impl Default for Settings {
             http: HttpSettings::default(),
             wasm: WasmSettings::default(),
             docker: DockerSettings::default(),
+            contexts: ContextSettings::default(),
             preview_domain: None,
+        }
+    }
+}
+
+/// Code contexts: kept interpreters whose state lives between runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContextSettings {
+    /// A context idle this long is written to disk and its memory freed.
+    #[serde(deserialize_with = "go_duration")]
+    pub idle_pause: Duration,
+    /// Contexts one sandbox may hold, live or paused.
+    pub max_per_sandbox: usize,
+    /// Contexts held in memory across the whole server; past it, the one
+    /// idle longest is paused to disk to make room.
+    pub max_live: usize,
+}
+
+impl Default for ContextSettings {
+    fn default() -> Self {
+        ContextSettings {
+            idle_pause: Duration::from_secs(120),
+            // Enough for a notebook per language and a few forks.
+            max_per_sandbox: 16,
+            // About 3 MiB each when idle (a JavaScript context), so a few
+            // GiB at most; an operator with larger contexts lowers it.
+            max_live: 2000,
         }
     }
 }
@@ -379,6 +408,12 @@ impl Settings {
             self.bind = v
                 .parse()
                 .map_err(|_| anyhow::anyhow!("STACYVM_BIND={v:?} is not an ADDR:PORT"))?;
+        }
+        if let Some(v) = get("STACYVM_CONTEXT_IDLE_PAUSE") {
+            self.contexts.idle_pause = dur("STACYVM_CONTEXT_IDLE_PAUSE", &v)?;
+        }
+        if let Some(v) = get("STACYVM_CONTEXTS_MAX_LIVE") {
+            self.contexts.max_live = num("STACYVM_CONTEXTS_MAX_LIVE", &v)?;
         }
         if let Some(v) = get("STACYVM_DATA_DIR") {
             self.data_dir = v.into();
@@ -498,6 +533,12 @@ impl Settings {
 
     /// Refuses settings that could not work, naming the setting.
     pub fn validate(&self) -> anyhow::Result<()> {
+        if self.contexts.idle_pause.is_zero() {
+            bail!("contexts.idle_pause must be positive");
+        }
+        if self.contexts.max_live == 0 || self.contexts.max_per_sandbox == 0 {
+            bail!("contexts.max_live and contexts.max_per_sandbox must be positive");
+        }
         if self.wasm.keep_resident_mb.is_some_and(|mb| mb > 4096) {
             bail!("wasm.keep_resident_mb must be at most 4096 (a wasm32 memory's size)");
         }

@@ -168,7 +168,7 @@ const COALESCE: std::time::Duration = std::time::Duration::from_millis(5);
 /// them as soon as a line is complete (or after [`COALESCE`]). When the
 /// returned receiver is dropped, the raw receiver is dropped too, which stops
 /// the guest.
-fn batch_output(mut raw: mpsc::UnboundedReceiver<OutputChunk>) -> mpsc::Receiver<OutputChunk> {
+pub(super) fn batch_output(mut raw: mpsc::UnboundedReceiver<OutputChunk>) -> mpsc::Receiver<OutputChunk> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -215,14 +215,14 @@ fn merge_adjacent(batch: Vec<OutputChunk>) -> Vec<OutputChunk> {
     out
 }
 
-fn ndjson(v: &Value) -> Bytes {
+pub(super) fn ndjson(v: &Value) -> Bytes {
     let mut line = v.to_string().into_bytes();
     line.push(b'\n');
     Bytes::from(line)
 }
 
 /// `{"error": {"code", "message"}}` for an exec that failed after starting.
-fn error_json(e: ServiceError) -> Value {
+pub(super) fn error_json(e: ServiceError) -> Value {
     let api = ApiError::from(e);
     let (code, message) = api.code_and_message();
     json!({"error": {"code": code, "message": message}})
@@ -231,12 +231,12 @@ fn error_json(e: ServiceError) -> Value {
 /// Turns output chunks into UTF-8 text without splitting a character that
 /// straddles two chunks; invalid bytes become U+FFFD.
 #[derive(Default)]
-struct Utf8Chunks {
+pub(super) struct Utf8Chunks {
     pending: [Vec<u8>; 2],
 }
 
 impl Utf8Chunks {
-    fn decode(&mut self, chunk: &OutputChunk) -> String {
+    pub(super) fn decode(&mut self, chunk: &OutputChunk) -> String {
         let pending = &mut self.pending[match chunk.stream {
             StreamKind::Stdout => 0,
             StreamKind::Stderr => 1,

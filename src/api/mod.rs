@@ -2,6 +2,7 @@
 //! Handlers parse and check input, call the sandbox service, and map the
 //! result; they never touch wasmtime or Docker.
 
+mod contexts;
 pub mod error;
 mod events;
 mod exec;
@@ -39,6 +40,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .merge(sandboxes::router())
         .merge(exec::router())
+        .merge(contexts::router())
         .merge(events::router())
         .merge(files::router(state.service.settings().http.file_limit_bytes))
         .merge(system::router());

@@ -44,7 +44,7 @@ pub struct SandboxView {
 }
 
 impl SandboxView {
-    fn new(sb: Sandbox, state: &AppState) -> Self {
+    pub(super) fn new(sb: Sandbox, state: &AppState) -> Self {
         let mut view = SandboxView::from(sb);
         view.preview_domain = state.service.settings().preview_domain.clone();
         view

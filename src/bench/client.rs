@@ -7,9 +7,9 @@ use serde_json::{Value, json};
 
 #[derive(Clone)]
 pub struct Api {
-    http: reqwest::Client,
+    pub(super) http: reqwest::Client,
     pub base: String,
-    key: Option<String>,
+    pub(super) key: Option<String>,
 }
 
 /// A provider as `GET /providers` lists it.

@@ -10,6 +10,7 @@
 //! memory from earlier phases cannot hide in its RSS.
 
 mod client;
+mod contexts;
 mod report;
 mod server;
 pub mod stats;
@@ -64,6 +65,9 @@ pub struct Options {
     /// Interpreter for the native baseline [default: the real executable behind `python3`].
     #[arg(long)]
     pub python: Option<PathBuf>,
+    /// Idle code contexts created for the context density figure (0 skips it).
+    #[arg(long, default_value_t = 2000)]
+    pub context_density: usize,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -85,6 +89,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             if opts.density_count > 0 {
                 report.density = Some(density(&api, &opts.wasm_image, opts.density_count, None).await?);
             }
+            let samples = opts.samples.unwrap_or(200);
+            report.contexts =
+                Some(contexts::measure(&api, &api, None, samples, opts.warmup, opts.context_density).await?);
             report
         }
         None => {
@@ -103,6 +110,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 // Density holds `density_count` sandboxes, the other phases at
                 // most 32; the default quota of 10,000 would refuse the rest.
                 max_sandboxes: opts.density_count + 1024,
+                env: vec![],
             };
 
             eprintln!("bench: starting the server (the first start may fetch and compile the image)");
@@ -124,6 +132,25 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             let stopped = second.stop().await;
             report.density = measured?;
             stopped?;
+
+            eprintln!("bench: starting servers for code contexts");
+            let mut third = launch(3);
+            third.env = vec![(
+                "STACYVM_CONTEXTS_MAX_LIVE".into(),
+                (opts.context_density + 64).to_string(),
+            )];
+            let (third, _) = third.start().await?;
+            let mut fourth = launch(4);
+            fourth.env = vec![("STACYVM_CONTEXT_IDLE_PAUSE".into(), "1s".into())];
+            let (fourth, _) = fourth.start().await?;
+            let (api, pausing) = (Api::new(&third.url, None)?, Api::new(&fourth.url, None)?);
+            let samples = opts.samples.unwrap_or(200);
+            let measured =
+                contexts::measure(&api, &pausing, Some(&third), samples, opts.warmup, opts.context_density).await;
+            let stopped = (third.stop().await, fourth.stop().await);
+            report.contexts = Some(measured?);
+            stopped.0?;
+            stopped.1?;
             report
         }
     };
@@ -234,6 +261,7 @@ async fn measure(
         latency,
         throughput,
         density: None,
+        contexts: None,
         warm_start_ms: None,
         ratios: Default::default(),
         notes: Vec::new(),

@@ -13,6 +13,8 @@ pub struct Report {
     pub latency: Vec<Latency>,
     pub throughput: Vec<Throughput>,
     pub density: Option<Density>,
+    /// Code contexts: latencies, rollback, resume and idle RSS.
+    pub contexts: Option<super::contexts::ContextReport>,
     /// Spawn to the first 200 from /health, with the compile cache warm;
     /// `None` when bench did not start the server.
     pub warm_start_ms: Option<f64>,
@@ -180,6 +182,9 @@ impl fmt::Display for Report {
             ),
             None => writeln!(out, "- wasm exec / native spawn: n/a (native spawns were not measured)"),
         }?;
+        if let Some(contexts) = &self.contexts {
+            writeln!(out, "\n{contexts}")?;
+        }
         for note in &self.notes {
             writeln!(out, "\nNote: {note}")?;
         }

@@ -4,6 +4,7 @@
 //! moves files in and out. It never sees HTTP; the API never sees wasmtime or
 //! Docker. Optional capabilities default to [`ProviderError::Unsupported`].
 
+pub mod contexts;
 pub mod docker;
 pub mod glob;
 pub mod wasm;
@@ -268,4 +269,9 @@ pub trait Provider: Send + Sync {
 
     /// Called once on graceful shutdown, after the server stops serving.
     async fn shutdown(&self) {}
+
+    /// Code contexts, where the provider offers them.
+    fn contexts(&self) -> Option<&dyn contexts::ContextBackend> {
+        None
+    }
 }

@@ -1,5 +1,6 @@
 //! Sandboxes: the service the API calls, the registry, TTL reaping, tenancy.
 
+pub mod contexts;
 pub mod events;
 pub mod id;
 pub mod metrics;
@@ -161,6 +162,8 @@ pub struct SandboxService {
     /// from the moment a create is admitted, so that parallel creates
     /// (a docker create may pull an image for seconds) cannot pass the quota.
     creating: Mutex<HashMap<TenantId, usize>>,
+    /// Held while a sandbox's default code context is looked up or created.
+    default_contexts: tokio::sync::Mutex<()>,
 }
 
 /// Locks a mutex even if a thread panicked while holding it: every value
@@ -205,6 +208,7 @@ impl SandboxService {
             events: events::EventBus::new(),
             metrics: metrics::Metrics::default(),
             creating: Mutex::default(),
+            default_contexts: tokio::sync::Mutex::new(()),
         };
         let mut kept = vec![];
         for sb in loaded {

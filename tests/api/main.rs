@@ -1,6 +1,7 @@
 //! Black-box tests: the real server on port 0, real wasmtime running the
 //! real CPython image, real HTTP over loopback.
 
+mod contexts;
 mod docker;
 mod events;
 mod exec;

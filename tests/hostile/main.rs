@@ -4,6 +4,7 @@
 //! (never a 5xx), and the limit held, checked on the host.
 
 mod api;
+mod contexts;
 mod docker;
 #[allow(dead_code)]
 #[path = "../api/helpers.rs"]

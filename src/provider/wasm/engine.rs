@@ -60,7 +60,7 @@ pub const GUEST_THREAD_STACK: usize = MAX_WASM_STACK + (4 << 20);
 
 /// The engine settings every module is compiled and run with. The compile
 /// cache key covers them, so changing one recompiles.
-fn engine_config(pool: Option<&PoolSize>) -> Config {
+pub(super) fn engine_config(pool: Option<&PoolSize>) -> Config {
     let mut config = Config::new();
     config.consume_fuel(true);
     config.epoch_interruption(true);
@@ -351,7 +351,7 @@ async fn precompile_stdlib(program: &Program, dir: &Path, lib: &str, mounts: &[(
 /// Loads a compiled module or component from the compile cache, or
 /// compiles it and fills the cache. A cache file whose checksum does not
 /// match is ignored and rewritten.
-fn load_cached<T: Compiled>(
+pub(super) fn load_cached<T: Compiled>(
     engine: &Engine,
     name: &str,
     wasm: &Path,
@@ -393,7 +393,7 @@ fn load_cached<T: Compiled>(
 }
 
 /// What the compile cache needs of a module or component.
-trait Compiled: Sized {
+pub(super) trait Compiled: Sized {
     fn from_file(engine: &Engine, wasm: &Path) -> wasmtime::Result<Self>;
     fn serialize(&self) -> wasmtime::Result<Vec<u8>>;
     /// # Safety
@@ -450,12 +450,12 @@ fn write_support_files(def: &RuntimeDef, image_dir: &Path) -> anyhow::Result<Opt
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
-struct EpochTicker {
+pub(super) struct EpochTicker {
     stop: Arc<AtomicBool>,
 }
 
 impl EpochTicker {
-    fn start(engine: Engine) -> Self {
+    pub(super) fn start(engine: Engine) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         std::thread::Builder::new()

@@ -56,6 +56,46 @@ pub struct GuestState {
     limits: StoreLimits,
     quota: Quota,
     stop: StopCheck,
+    /// Set for a code context's kept instance: its open files are recorded
+    /// so that a copy of the instance can reopen them.
+    pub(super) context: Option<Box<super::context::ContextHooks>>,
+}
+
+impl GuestState {
+    /// The state of a code context's instance; its stop check is set for
+    /// each cell.
+    pub(super) fn for_context(
+        wasi: WasiP1Ctx,
+        ledger: Arc<DiskLedger>,
+        hooks: super::context::ContextHooks,
+    ) -> GuestState {
+        GuestState {
+            wasi,
+            limits: StoreLimitsBuilder::new().build(),
+            quota: Quota {
+                ledger,
+                stdio_replaced: false,
+            },
+            stop: StopCheck {
+                deadline: Instant::now(),
+                output: None,
+                cancel: CancellationToken::new(),
+            },
+            context: Some(Box::new(hooks)),
+        }
+    }
+
+    pub(super) fn set_stop(&mut self, stop: StopCheck) {
+        self.stop = stop;
+    }
+
+    pub(super) fn stop_check(&self) -> &StopCheck {
+        &self.stop
+    }
+
+    pub(super) fn wasi_mut(&mut self) -> &mut WasiP1Ctx {
+        &mut self.wasi
+    }
 }
 
 /// When a running guest must stop early, whichever kind of program it is.
@@ -442,6 +482,16 @@ impl tokio::io::AsyncRead for StoppableInput {
     }
 }
 
+/// Whether a guest was stopped because its client left.
+pub(super) fn is_client_gone(error: &wasmtime::Error) -> bool {
+    error.downcast_ref::<ClientGone>().is_some()
+}
+
+/// Whether a guest was stopped at its deadline.
+pub(super) fn is_deadline(error: &wasmtime::Error) -> bool {
+    error.downcast_ref::<DeadlineReached>().is_some()
+}
+
 /// A caller's stdin, boxed.
 struct CustomStdin(Box<dyn StdinStream + Sync>);
 
@@ -553,7 +603,10 @@ pub fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
                 })?;
                 errno == ERRNO_NOENT
             };
-            charged(&mut caller, 0, u64::from(new_entry), |ctx, mem| {
+            if caller.data().context.as_ref().is_some_and(|c| c.fds.is_full()) {
+                return Ok(super::context::ERRNO_NFILE);
+            }
+            let errno = charged(&mut caller, 0, u64::from(new_entry), |ctx, mem| {
                 in_tokio(wasi1::path_open(
                     ctx,
                     mem,
@@ -567,7 +620,32 @@ pub fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
                     fdflags,
                     opened,
                 ))
-            })
+            })?;
+            if errno == 0 && caller.data().context.is_some() {
+                let open = super::context::OpenCall {
+                    dirfd: dirfd as u32,
+                    dirflags: dirflags as u32,
+                    oflags: oflags as u16,
+                    rights_base: rights_base as u64,
+                    rights_inheriting: rights_inheriting as u64,
+                    fdflags: fdflags as u16,
+                };
+                record_open(&mut caller, open, path, path_len, opened);
+            }
+            Ok(errno)
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "fd_close",
+        |mut caller: Caller<'_, GuestState>, fd: i32| -> wasmtime::Result<i32> {
+            let errno = call_real(&mut caller, |ctx, mem| in_tokio(wasi1::fd_close(ctx, mem, fd)))?;
+            if errno == 0
+                && let Some(context) = caller.data_mut().context.as_mut()
+            {
+                context.fds.closed(fd as u32);
+            }
+            Ok(errno)
         },
     )?;
     linker.func_wrap(
@@ -639,15 +717,52 @@ pub fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
             if (0..=2).contains(&to) {
                 caller.data_mut().quota.stdio_replaced = true;
             }
-            call_real(&mut caller, |ctx, mem| in_tokio(wasi1::fd_renumber(ctx, mem, from, to)))
+            let errno = call_real(&mut caller, |ctx, mem| in_tokio(wasi1::fd_renumber(ctx, mem, from, to)))?;
+            if errno == 0
+                && let Some(context) = caller.data_mut().context.as_mut()
+            {
+                context.fds.renumbered(from as u32, to as u32);
+            }
+            Ok(errno)
         },
     )?;
     Ok(())
 }
 
+/// Records a context's successful `path_open`: the path, read from guest
+/// memory (a path longer than the WASI limit the host enforces was refused
+/// by the real call already), and the new descriptor.
+fn record_open(
+    caller: &mut Caller<'_, GuestState>,
+    open: super::context::OpenCall,
+    path: i32,
+    path_len: i32,
+    opened: i32,
+) {
+    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+        return;
+    };
+    let data = memory.data(&caller);
+    let at = |ptr: i32, len: usize| {
+        let start = ptr as u32 as usize;
+        data.get(start..start.checked_add(len)?)
+    };
+    let (Some(path), Some(fd)) = (
+        at(path, (path_len as u32 as usize).min(super::context::MAX_PATH_BYTES)),
+        at(opened, 4),
+    ) else {
+        return;
+    };
+    let path = path.to_vec();
+    let fd = u32::from_le_bytes(fd.try_into().expect("4 bytes"));
+    if let Some(context) = caller.data_mut().context.as_mut() {
+        context.fds.opened(fd, open, path);
+    }
+}
+
 /// Calls the real preview1 implementation, set up exactly as the generated
 /// glue does (guest memory, hostcall fuel).
-fn call_real(
+pub(super) fn call_real(
     caller: &mut Caller<'_, GuestState>,
     f: impl FnOnce(&mut WasiP1Ctx, &mut GuestMemory<'_>) -> wasmtime::Result<wasmtime::Result<i32>>,
 ) -> wasmtime::Result<i32> {
@@ -661,7 +776,7 @@ fn call_real(
     f(&mut state.wasi, &mut mem)?
 }
 
-fn in_tokio<F: std::future::Future>(f: F) -> wasmtime::Result<F::Output> {
+pub(super) fn in_tokio<F: std::future::Future>(f: F) -> wasmtime::Result<F::Output> {
     Ok(wasmtime_wasi::runtime::in_tokio(f))
 }
 
@@ -828,7 +943,7 @@ fn file_growth(caller: &mut Caller<'_, GuestState>, fd: i32, offset: Option<u64>
 /// Calls a real preview1 function that writes its result into guest
 /// memory, lending it the first `N` bytes of the guest's memory and putting
 /// back what they held. Returns the errno and what the call wrote.
-fn with_scratch<const N: usize>(
+pub(super) fn with_scratch<const N: usize>(
     caller: &mut Caller<'_, GuestState>,
     f: impl FnOnce(&mut WasiP1Ctx, &mut GuestMemory<'_>, i32) -> wasmtime::Result<wasmtime::Result<i32>>,
 ) -> wasmtime::Result<(i32, [u8; N])> {
@@ -977,6 +1092,7 @@ fn run_module(
             stdio_replaced: false,
         },
         stop: start.stop_check(&job),
+        context: None,
     };
     let mut store = new_store(pre.module().engine(), state, job.fuel)?;
     let result = pre

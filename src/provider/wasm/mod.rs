@@ -3,9 +3,12 @@
 //! whose whole world is that directory.
 
 mod component;
+pub(crate) mod context;
+mod contexts;
 mod engine;
 mod files;
 mod guest;
+mod instrument;
 mod pipe;
 mod quota;
 mod shell;
@@ -52,6 +55,8 @@ pub struct WasmProvider {
     slots: Arc<Semaphore>,
     /// `exec.max_concurrent` threads at most, which run every guest.
     threads: guest::GuestPool,
+    /// Code contexts: kept instances, in memory or paused on disk.
+    contexts: contexts::ContextManager,
     /// As many again for the commands of shell scripts that run at the
     /// same time as the script (pipeline stages, background jobs).
     stages: Arc<shell::Stages>,
@@ -67,7 +72,10 @@ impl WasmProvider {
         );
         let sandboxes_dir = settings.data_dir.join("sandboxes");
         std::fs::create_dir_all(&sandboxes_dir)?;
+        let context_engine = context::ContextEngine::load(&catalog, &settings.image_dir(), settings.wasm.offline).await;
+        let contexts = contexts::ContextManager::new(context_engine, &settings.data_dir, &settings.contexts);
         Ok(WasmProvider {
+            contexts,
             engine: Arc::new(engine),
             catalog,
             sandboxes_dir,
@@ -361,6 +369,7 @@ impl Provider for WasmProvider {
     }
 
     async fn destroy(&self, sandbox: &Sandbox) -> Result<(), ProviderError> {
+        self.contexts.drop_sandbox(sandbox.id.as_str());
         self.ledgers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -384,8 +393,8 @@ impl Provider for WasmProvider {
         self.dir(sandbox).is_dir()
     }
 
-    async fn remove_orphans(&self, known: &[Sandbox]) -> anyhow::Result<usize> {
-        let known: std::collections::HashSet<&str> = known.iter().map(|s| s.id.as_str()).collect();
+    async fn remove_orphans(&self, known_sandboxes: &[Sandbox]) -> anyhow::Result<usize> {
+        let known: std::collections::HashSet<&str> = known_sandboxes.iter().map(|s| s.id.as_str()).collect();
         let mut removed = 0;
         for entry in std::fs::read_dir(&self.sandboxes_dir)? {
             let entry = entry?;
@@ -395,7 +404,20 @@ impl Provider for WasmProvider {
                 removed += 1;
             }
         }
+        let known: Vec<Sandbox> = known_sandboxes.to_vec();
+        let recovered = self.contexts.recover(self, &known);
+        if recovered > 0 {
+            tracing::info!(recovered, "paused code contexts recovered");
+        }
         Ok(removed)
+    }
+
+    fn contexts(&self) -> Option<&dyn super::contexts::ContextBackend> {
+        Some(self)
+    }
+
+    async fn shutdown(&self) {
+        self.pause_all_contexts().await;
     }
 
     async fn exec(&self, sandbox: &Sandbox, spec: ExecSpec) -> Result<ExecOutput, ProviderError> {
@@ -515,6 +537,7 @@ impl Provider for WasmProvider {
         let limit = self.disk_quota;
         let mem_limit = sandbox.memory_mb << 20;
         let dir = self.dir(sandbox);
+        let reserved = self.ledger(sandbox).reserved();
         tokio::task::spawn_blocking(move || SandboxStats {
             supported: true,
             // An idle wasm sandbox runs nothing and holds no memory.
@@ -522,7 +545,7 @@ impl Provider for WasmProvider {
             mem_bytes: Some(0),
             mem_limit_bytes: Some(mem_limit),
             // A tree that cannot be measured counts as full.
-            disk_bytes: Some(quota::measure(&dir).map_or(limit, |usage| usage.bytes)),
+            disk_bytes: Some(quota::measure(&dir).map_or(limit, |usage| usage.bytes.saturating_add(reserved))),
             disk_limit_bytes: Some(limit),
         })
         .await

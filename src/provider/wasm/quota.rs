@@ -58,6 +58,9 @@ pub struct DiskLedger {
     quota_bytes: u64,
     max_entries: u64,
     state: Mutex<LedgerState>,
+    /// Bytes the sandbox holds outside its tree: the memory images of its
+    /// paused code contexts. They count against the quota like its files.
+    reserved: std::sync::atomic::AtomicU64,
 }
 
 /// A charge that does not fit measures the tree again, in case the holder
@@ -113,6 +116,7 @@ impl DiskLedger {
             quota_bytes,
             max_entries,
             state: Mutex::default(),
+            reserved: Default::default(),
         })
     }
 
@@ -123,7 +127,50 @@ impl DiskLedger {
             quota_bytes: u64::MAX,
             max_entries: u64::MAX,
             state: Mutex::default(),
+            reserved: Default::default(),
         })
+    }
+
+    /// Bytes held outside the tree (paused contexts).
+    pub fn reserved(&self) -> u64 {
+        self.reserved.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Counts `bytes` held outside the tree against the quota, or refuses
+    /// them when the tree and what is already reserved leave no room.
+    pub fn reserve(&self, bytes: u64) -> Result<(), OverQuota> {
+        let mut state = self.lock();
+        if state.used.is_none() && state.unmeasurable.is_none() {
+            self.measure_into(&mut state);
+        }
+        if let Some(why) = &state.unmeasurable {
+            let why = why.clone();
+            if state.users == 0 {
+                state.used = None;
+                state.unmeasurable = None;
+            }
+            return Err(OverQuota::Unmeasurable(why));
+        }
+        let used = state.used.unwrap_or_default().bytes;
+        if state.users == 0 {
+            // Nobody holds the ledger: the next holder measures afresh.
+            state.used = None;
+        }
+        let reserved = self.reserved();
+        if used.saturating_add(reserved).saturating_add(bytes) > self.quota_bytes {
+            return Err(OverQuota::Bytes(self.quota_bytes));
+        }
+        self.reserved.fetch_add(bytes, std::sync::atomic::Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Gives back what [`Self::reserve`] took (a context resumed or deleted).
+    pub fn release(&self, bytes: u64) {
+        let _ = self.reserved.fetch_update(
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+            |r| Some(r.saturating_sub(bytes)),
+        );
     }
 
     /// Measures the tree into `state`.
@@ -175,10 +222,11 @@ impl DiskLedger {
         if let Some(why) = &state.unmeasurable {
             return Err(OverQuota::Unmeasurable(why.clone()));
         }
+        let reserved = self.reserved();
         let used = state.used.get_or_insert_default();
         let new_bytes = used.bytes.saturating_add(bytes);
         let new_entries = used.entries.saturating_add(entries);
-        if new_bytes > self.quota_bytes {
+        if new_bytes.saturating_add(reserved) > self.quota_bytes {
             return Err(OverQuota::Bytes(self.quota_bytes));
         }
         if new_entries > self.max_entries {

@@ -9,7 +9,7 @@
 
 use super::exec::{Flow, Shell, Stop};
 use super::io::CmdIo;
-use crate::provider::wasm::Resolved;
+use crate::provider::wasm::{Resolved, packages};
 
 pub type Builtin = fn(&mut Shell, &[String], &CmdIo) -> Flow<i32>;
 
@@ -31,6 +31,8 @@ const UTILITIES: &[(&str, Builtin)] = &[
     ("[", test),
     ("env", env),
     ("which", which),
+    ("pip", pip),
+    ("pip3", pip),
 ];
 
 /// How deep `(` ... `)` may nest in a `test` expression.
@@ -204,6 +206,34 @@ fn which(sh: &mut Shell, args: &[String], io: &CmdIo) -> Flow<i32> {
         }
     }
     sh.write(&io.stdout, text.as_bytes());
+    Ok(status)
+}
+
+/// `pip install`, `uninstall`, `list` and `freeze`: pure-Python packages
+/// for the sandbox's `python3`, resolved and downloaded by the host
+/// (`packages.rs`, which bounds it all); nothing of a package runs here.
+fn pip(sh: &mut Shell, args: &[String], io: &CmdIo) -> Flow<i32> {
+    sh.check_limits()?;
+    let Some(version) = sh.pip.python_version.clone() else {
+        err(sh, io, "pip: no Python runs in this sandbox".into());
+        return Ok(127);
+    };
+    let manager = sh.pip.manager.clone();
+    let (ledger, dir, cancel) = sh.sandbox();
+    let (ledger, dir, cancel) = (ledger.clone(), dir.to_path_buf(), cancel.clone());
+    let (status, out, error) = {
+        let target = packages::Target {
+            root: &sh.root,
+            ledger: &ledger,
+            python_version: &version,
+            deadline: sh.deadline,
+            cancel: &cancel,
+        };
+        packages::shell_pip(manager.as_deref(), &target, &dir, &sh.cwd, &args[1..])
+    };
+    sh.write(&io.stdout, out.as_bytes());
+    sh.write_stderr(io, error.as_bytes());
+    sh.check_limits()?;
     Ok(status)
 }
 

@@ -70,6 +70,16 @@ pub struct ShellJob {
     /// Cancelled when the client left.
     pub cancel: CancellationToken,
     pub resolve: Resolver,
+    /// What the `pip` builtin works with.
+    pub pip: PipContext,
+}
+
+/// What the `pip` builtin needs: the server's package machinery, and the
+/// Python version that `python3` runs in this sandbox.
+#[derive(Clone, Default)]
+pub struct PipContext {
+    pub manager: Option<Arc<crate::provider::wasm::packages::PackageManager>>,
+    pub python_version: Option<String>,
 }
 
 /// Why the shell stops before the end of the script.
@@ -122,6 +132,7 @@ pub struct Shell {
     /// Output dropped anywhere: a full pipe, or a guest's capture.
     truncated: bool,
     trap: Option<String>,
+    pub pip: PipContext,
 }
 
 /// Parses and runs a shell-mode command line.
@@ -158,6 +169,7 @@ pub fn run(job: ShellJob) -> Result<ExecOutput, ProviderError> {
         fuel: job.fuel,
         truncated: false,
         trap: None,
+        pip: job.pip,
     };
     let status = match parse_bounded(&job.script) {
         Err(message) => {
@@ -251,6 +263,12 @@ impl Shell {
     /// The output so far, for an exec stopped by a limit.
     fn partial(&mut self) -> Box<ExecOutput> {
         Box::new(self.finish(self.status))
+    }
+
+    /// The sandbox's disk ledger, the sandbox's directory and the exec's
+    /// cancellation, for builtins that write to the sandbox (`pip`).
+    pub fn sandbox(&self) -> (&Arc<DiskLedger>, &std::path::Path, &CancellationToken) {
+        (&self.ledger, &self.sandbox_dir, &self.cancel)
     }
 
     /// Stops at the deadline, or when the client has left.

@@ -27,7 +27,7 @@ mod expand;
 mod io;
 mod syntax;
 
-pub use exec::{ShellJob, run};
+pub use exec::{PipContext, ShellJob, run};
 
 /// Quotes `arg` so that sh reads it back as exactly one word.
 pub fn quote(arg: &str) -> String {

@@ -1,6 +1,7 @@
 //! Black-box tests: the real server on port 0, real wasmtime running the
 //! real CPython image, real HTTP over loopback.
 
+mod data;
 mod docker;
 mod events;
 mod exec;
@@ -8,6 +9,7 @@ mod files;
 mod hardening;
 mod helpers;
 mod limits;
+mod packages;
 mod python;
 mod quickjs;
 mod restart;

@@ -4,10 +4,12 @@
 //! (never a 5xx), and the limit held, checked on the host.
 
 mod api;
+mod data;
 mod docker;
 #[allow(dead_code)]
 #[path = "../api/helpers.rs"]
 mod helpers;
+mod packages;
 mod random;
 #[allow(dead_code)]
 mod support;

@@ -10,6 +10,7 @@
 //! memory from earlier phases cannot hide in its RSS.
 
 mod client;
+mod data;
 mod report;
 mod server;
 pub mod stats;
@@ -64,6 +65,9 @@ pub struct Options {
     /// Interpreter for the native baseline [default: the real executable behind `python3`].
     #[arg(long)]
     pub python: Option<PathBuf>,
+    /// Skip the data metrics (pandas on python:3.15, pip install on python:3.14).
+    #[arg(long)]
+    pub no_data: bool,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -205,6 +209,11 @@ async fn measure(
             p.reason.as_deref().unwrap_or("no reason given")
         )),
         None => notes.push("docker skipped: the server has no docker provider".into()),
+    }
+
+    if !opts.no_data {
+        let native = native.map(|n| n.path.as_path());
+        latency.extend(data::measure(api, native, warmup, opts.samples, notes).await?);
     }
 
     let mut throughput = Vec::new();

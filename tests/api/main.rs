@@ -17,3 +17,4 @@ mod sandboxes;
 mod schemathesis;
 mod sdk;
 mod shell;
+mod utilities;

@@ -13,4 +13,5 @@ mod packages;
 mod random;
 #[allow(dead_code)]
 mod support;
+mod utilities;
 mod wasm;

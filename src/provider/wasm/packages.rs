@@ -1346,6 +1346,39 @@ pub fn parse_requirements_file(text: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+/// What the shell's `pip` builtin needs: the server's package machinery,
+/// and the Python version that `python3` runs in the sandbox (none: no
+/// Python runs there).
+#[derive(Clone, Default)]
+pub struct PipContext {
+    pub manager: Option<Arc<PackageManager>>,
+    pub python_version: Option<String>,
+}
+
+/// The shell's `pip` builtin, `args` after `pip`: its exit status, stdout
+/// and stderr. Stops at the exec's deadline or when it is cancelled.
+pub fn pip_builtin(
+    pip: &PipContext,
+    root: &Dir,
+    ledger: &DiskLedger,
+    stop: &super::guest::StopCheck,
+    sandbox_dir: &Path,
+    cwd: &crate::sandbox::path::SandboxPath,
+    args: &[String],
+) -> (i32, String, String) {
+    let Some(version) = &pip.python_version else {
+        return (127, String::new(), "pip: no Python runs in this sandbox\n".into());
+    };
+    let target = Target {
+        root,
+        ledger,
+        python_version: version,
+        deadline: stop.deadline,
+        cancel: &stop.cancel,
+    };
+    shell_pip(pip.manager.as_deref(), &target, sandbox_dir, cwd, args)
+}
+
 /// Runs a `pip` command of the shell against a sandbox; returns its exit
 /// status, stdout and stderr, as pip would print them. Blocks (a guest
 /// thread runs the shell).

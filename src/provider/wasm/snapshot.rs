@@ -229,6 +229,7 @@ fn build(dir: &Path, wasm: &Path, mounts: &[(PathBuf, String)], init: &str) -> a
         stderr: Default::default(),
         ledger: DiskLedger::unlimited(),
         stdin_stream: None,
+        stdin_custom: None,
         output: None,
         cancel: Default::default(),
     };

@@ -194,6 +194,9 @@ pub struct WasmSettings {
     /// Memory (MiB) of each pooled instance slot that stays mapped between
     /// execs and is reset in place; see `WasmSettings::keep_resident_bytes`.
     pub keep_resident_mb: Option<u64>,
+    /// The PyPI-compatible simple index `pip install` resolves and downloads
+    /// from; see `WasmSettings::package_index_url`.
+    pub package_index: Option<String>,
 }
 
 impl WasmSettings {
@@ -203,6 +206,14 @@ impl WasmSettings {
 
     pub fn keep_resident_bytes(&self) -> usize {
         (self.keep_resident_mb.unwrap_or(Self::DEFAULT_KEEP_RESIDENT_MB) as usize) << 20
+    }
+
+    /// The index `pip install` uses: `package_index`, else the one images
+    /// come from (`STACYVM_PACKAGE_INDEX`, `PIP_INDEX_URL`, then PyPI).
+    pub fn package_index_url(&self) -> String {
+        self.package_index
+            .clone()
+            .unwrap_or_else(crate::runtime::fetch::index_base)
     }
 }
 
@@ -525,6 +536,9 @@ impl Settings {
         if let Some(v) = get("STACYVM_PREVIEW_DOMAIN") {
             self.preview_domain = Some(v);
         }
+        if let Some(v) = get("STACYVM_PACKAGE_INDEX") {
+            self.wasm.package_index = Some(v);
+        }
         if let Some(v) = get("STACYVM_OFFLINE") {
             self.wasm.offline = matches!(v.as_str(), "1" | "true" | "yes");
         }
@@ -538,6 +552,11 @@ impl Settings {
         }
         if self.contexts.max_live == 0 || self.contexts.max_per_sandbox == 0 {
             bail!("contexts.max_live and contexts.max_per_sandbox must be positive");
+        }
+        if let Some(index) = &self.wasm.package_index
+            && !(index.starts_with("https://") || index.starts_with("http://"))
+        {
+            bail!("wasm.package_index must be an http:// or https:// URL, not {index:?}");
         }
         if self.wasm.keep_resident_mb.is_some_and(|mb| mb > 4096) {
             bail!("wasm.keep_resident_mb must be at most 4096 (a wasm32 memory's size)");

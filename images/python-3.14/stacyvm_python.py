@@ -100,7 +100,7 @@ Options (stacyvm's CPython image accepts these; the rest are refused):
 -OO    : do -O changes and also discard docstrings
 -P     : don't prepend a potentially unsafe path to sys.path
 -q     : don't print version and copyright messages
--s     : don't add user site directory to sys.path (there is none)
+-s     : don't add the user site directory (where pip installs) to sys.path
 -S     : don't imply 'import site' (site is never imported here)
 -u     : force the stdout and stderr streams to be unbuffered
 -V     : print the Python version number and exit (also --version)
@@ -113,6 +113,9 @@ arg ...: arguments passed to program in sys.argv[1:]
 
 # Where the standard library lives; its import caches stay valid.
 STDLIB = "/python"
+# Where `pip install` puts a sandbox's packages: Python's user site for
+# HOME=/workspace.
+USER_SITE = "/workspace/.local/lib/python%d.%d/site-packages" % sys.version_info[:2]
 # User code never writes bytecode into the sandbox.
 sys.dont_write_bytecode = True
 # The build machine's environment must not leak into any exec.
@@ -140,7 +143,15 @@ def parse(argv):
 
     kind is "c", "m", "file" or "stdin"; rest becomes sys.argv[1:].
     """
-    opts = {"optimize": 0, "unbuffered": False, "ignore_env": False, "safe_path": False, "warn": [], "x": []}
+    opts = {
+        "optimize": 0,
+        "unbuffered": False,
+        "ignore_env": False,
+        "safe_path": False,
+        "no_user_site": False,
+        "warn": [],
+        "x": [],
+    }
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -183,11 +194,13 @@ def parse(argv):
                 opts["ignore_env"] = True
             elif flag == "P":
                 opts["safe_path"] = True
+            elif flag == "s":
+                opts["no_user_site"] = True
             elif flag == "I":
-                opts["ignore_env"] = opts["safe_path"] = True
+                opts["ignore_env"] = opts["safe_path"] = opts["no_user_site"] = True
             elif flag == "i":
                 raise UsageError("interactive mode (-i) is not supported")
-            elif flag in "BqsSbdv":
+            elif flag in "BqSbdv":
                 pass
             else:
                 raise UsageError("Unknown option: -%s" % flag)
@@ -263,6 +276,10 @@ def setup(opts, env, cwd):
             del sys.path_importer_cache[key]
     # The snapshot holds the build's random state; every exec gets its own.
     random.seed()
+    if not opts["no_user_site"] and os.path.isdir(USER_SITE):
+        import site
+
+        site.addsitedir(USER_SITE)
     if not opts["ignore_env"]:
         extra = [p for p in env.get("PYTHONPATH", "").split(":") if p]
         sys.path[0:0] = [os.path.join(cwd, p) for p in extra]

@@ -81,6 +81,9 @@ struct CreateBody {
     owner_id: Option<String>,
     /// Sent by some clients; templates are not offered, so it must be empty.
     template: Option<String>,
+    /// Pure-Python packages to install before the create answers (wasm).
+    #[serde(default)]
+    packages: Vec<String>,
 }
 
 async fn create(
@@ -109,6 +112,7 @@ async fn create(
         ttl: body.ttl,
         metadata: body.metadata,
         owner_id: owner,
+        packages: body.packages,
     };
     let sb = state.service.create(&caller.tenant, req).await?;
     Ok((StatusCode::CREATED, Json(SandboxView::new(sb, &state))).into_response())

@@ -11,6 +11,7 @@
 
 mod client;
 mod contexts;
+mod data;
 mod report;
 mod server;
 pub mod stats;
@@ -68,6 +69,9 @@ pub struct Options {
     /// Idle code contexts created for the context density figure (0 skips it).
     #[arg(long, default_value_t = 2000)]
     pub context_density: usize,
+    /// Skip the data metrics (pandas on python:3.15, pip install on python:3.14).
+    #[arg(long)]
+    pub no_data: bool,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -232,6 +236,11 @@ async fn measure(
             p.reason.as_deref().unwrap_or("no reason given")
         )),
         None => notes.push("docker skipped: the server has no docker provider".into()),
+    }
+
+    if !opts.no_data {
+        let native = native.map(|n| n.path.as_path());
+        latency.extend(data::measure(api, native, warmup, opts.samples, notes).await?);
     }
 
     let mut throughput = Vec::new();

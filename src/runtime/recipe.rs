@@ -57,6 +57,15 @@ fn files(recipe: &str) -> anyhow::Result<RecipeFiles> {
         .with_context(|| format!("no recipe images/{recipe}/ is built into this binary"))
 }
 
+/// One file of a recipe, as built into the binary.
+pub fn file(recipe: &str, rel: &str) -> Option<&'static [u8]> {
+    files(recipe)
+        .ok()?
+        .iter()
+        .find(|(r, _)| *r == rel)
+        .map(|(_, data)| *data)
+}
+
 /// The digest `build.py --print-recipe` prints for the same files.
 pub fn digest(recipe: &str) -> anyhow::Result<String> {
     let mut files = files(recipe)?.to_vec();

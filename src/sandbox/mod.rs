@@ -87,6 +87,8 @@ pub struct CreateSandbox {
     pub ttl: Option<String>,
     pub metadata: BTreeMap<String, String>,
     pub owner_id: Option<OwnerId>,
+    /// Requirements installed into the sandbox before the create answers.
+    pub packages: Vec<String>,
 }
 
 /// An exec request as received, before limits are applied.
@@ -359,6 +361,7 @@ impl SandboxService {
         }
         validate_metadata(&req.metadata)?;
         let image = provider.resolve_image(req.image.as_deref())?;
+        provider.check_packages(&image, &req.packages)?;
         let _slot = self.admit_create(tenant)?;
         let now = SystemTime::now();
         let sandbox = Sandbox {
@@ -375,6 +378,23 @@ impl SandboxService {
             owner_id: req.owner_id.map(OwnerId::into_string),
         };
         provider.create(&sandbox).await?;
+        if !req.packages.is_empty() {
+            // The install runs as a task of its own, so that a client who
+            // leaves (dropping this future, which cancels the install) still
+            // has its half-made sandbox destroyed.
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let _stop_when_dropped = cancel.clone().drop_guard();
+            let (install, made, packages) = (provider.clone(), sandbox.clone(), req.packages.clone());
+            tokio::spawn(async move {
+                let result = install.install_packages(&made, &packages, cancel).await;
+                if result.is_err() {
+                    install.destroy(&made).await.ok();
+                }
+                result
+            })
+            .await
+            .map_err(|e| ProviderError::Internal(e.into()))??;
+        }
         if let Err(e) = self.registry.put(&sandbox) {
             provider.destroy(&sandbox).await.ok();
             return Err(ProviderError::Internal(e).into());

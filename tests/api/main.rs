@@ -2,6 +2,7 @@
 //! real CPython image, real HTTP over loopback.
 
 mod contexts;
+mod data;
 mod docker;
 mod events;
 mod exec;
@@ -9,6 +10,7 @@ mod files;
 mod hardening;
 mod helpers;
 mod limits;
+mod packages;
 mod python;
 mod quickjs;
 mod restart;

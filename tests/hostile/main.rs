@@ -5,10 +5,12 @@
 
 mod api;
 mod contexts;
+mod data;
 mod docker;
 #[allow(dead_code)]
 #[path = "../api/helpers.rs"]
 mod helpers;
+mod packages;
 mod random;
 #[allow(dead_code)]
 mod support;

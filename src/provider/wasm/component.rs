@@ -381,7 +381,7 @@ pub fn run(
     pre: &CommandPre<ComponentState>,
     mut job: GuestJob,
 ) -> Result<ExecOutput, ProviderError> {
-    let mut start = RunStart::new(runtime, &mut job)?;
+    let mut start = RunStart::new(&runtime.mounts, &mut job)?;
     let state = ComponentState {
         ctx: start.wasi.build(),
         table: ResourceTable::new(),

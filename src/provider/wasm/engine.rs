@@ -19,6 +19,7 @@ use wasmtime_wasi::p2::bindings::sync::CommandPre;
 
 use super::component::{self, ComponentState};
 use super::guest::{GuestJob, GuestState, add_to_linker};
+use super::{reactor, snapshot};
 use crate::runtime::fetch::{sha256_file, write_atomically};
 use crate::runtime::{Catalog, ImageKind, RuntimeDef, fetch, recipe};
 
@@ -35,11 +36,31 @@ pub struct LoadedRuntime {
     pub mounts: Vec<(PathBuf, String)>,
 }
 
-/// A linked program: a preview1 module or a WASI 0.2 command component.
+impl LoadedRuntime {
+    /// The memory its program starts with (for the CPython 3.15 snapshot,
+    /// its whole pre-initialized heap); a sandbox needs at least this much.
+    /// Components report none here: theirs start small.
+    pub fn min_memory_bytes(&self) -> u64 {
+        let module = match &self.program {
+            Program::Module(pre) | Program::Reactor(pre) => pre.module(),
+            Program::Component(_) => return 0,
+        };
+        module
+            .exports()
+            .filter_map(|export| export.ty().memory().cloned())
+            .map(|memory| memory.minimum().saturating_mul(memory.page_size()))
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// A linked program: a preview1 module, a WASI 0.2 command component, or
+/// a pre-initialized preview1 reactor driven through its `turn` export.
 #[derive(Clone)]
 pub enum Program {
     Module(InstancePre<GuestState>),
     Component(CommandPre<ComponentState>),
+    Reactor(InstancePre<GuestState>),
 }
 
 pub struct WasmEngine {
@@ -62,6 +83,13 @@ pub const GUEST_THREAD_STACK: usize = MAX_WASM_STACK + (4 << 20);
 /// cache key covers them, so changing one recompiles.
 pub(super) fn engine_config(pool: Option<&PoolSize>) -> Config {
     let mut config = Config::new();
+    // The wasm proposals guests may use: wasmtime's defaults, plus
+    // exception handling (on by default with the `gc` cargo feature; the
+    // CPython 3.15 image's C++ and setjmp code throw wasm exceptions), and
+    // not the GC proposal itself, which no image uses. The compile cache key
+    // covers the features, so enabling one recompiles every image.
+    config.wasm_exceptions(true);
+    config.wasm_gc(false);
     config.consume_fuel(true);
     config.epoch_interruption(true);
     config.cranelift_opt_level(OptLevel::Speed);
@@ -86,14 +114,26 @@ pub(super) fn engine_config(pool: Option<&PoolSize>) -> Config {
             .max_memory_size(4 << 30)
             .table_elements(1 << 16)
             .max_component_instance_size(1 << 20)
-            .max_core_instance_size(1 << 20)
+            // Instance metadata, allocated as needed up to this bound: the
+            // CPython 3.15 image needs about 1.5 MiB (its many functions).
+            .max_core_instance_size(4 << 20)
+            // A store that throws a wasm exception gets a GC heap for it,
+            // which takes a slot of the memory pool (hence two memories per
+            // instance above); at most one per instance.
+            .total_gc_heaps(size.instances)
             // The first `keep_resident` bytes of a finished instance's
             // memory are reset in place (wasmtime restores the image or
             // zeroes them) instead of being returned to the kernel with
             // madvise, so the next instance does not fault them in again.
             // For the CPython 3.14 image this halves the exec time.
             .linear_memory_keep_resident(size.keep_resident)
-            .table_keep_resident(size.keep_resident);
+            .table_keep_resident(size.keep_resident)
+            // Where the kernel has PAGEMAP_SCAN (Linux 6.7), the pages an
+            // exec dirtied anywhere in its memory are reset, up to that
+            // budget, instead of only the lowest addresses: the CPython 3.15
+            // snapshot's heap is 112 MiB, and an exec touches pages all over
+            // it, which would otherwise be faulted in again every time.
+            .pagemap_scan(wasmtime::Enabled::Auto);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
     }
     config
@@ -147,6 +187,7 @@ impl WasmEngine {
         };
         let mut linker: Linker<GuestState> = Linker::new(&engine);
         add_to_linker(&mut linker).map_err(anyhow::Error::from)?;
+        reactor::add_to_linker(&mut linker).map_err(anyhow::Error::from)?;
         let mut component_linker: ComponentLinker<ComponentState> = ComponentLinker::new(&engine);
         component::add_to_linker(&mut component_linker).map_err(anyhow::Error::from)?;
 
@@ -230,6 +271,16 @@ async fn load_program(
     let cache_dir = image_dir.join("cache");
     let mut built_dir = None;
     let (wasm, sha, mounts) = match &manifest.build {
+        None if manifest.kind == ImageKind::Reactor => {
+            let fetched = fetch::ensure_package_image(manifest, image_dir, options.offline).await?;
+            let mounts: Vec<(PathBuf, String)> = manifest
+                .mounts
+                .iter()
+                .map(|(guest, rel)| (fetched.dir.join(rel), guest.clone()))
+                .collect();
+            let built = snapshot::ensure_snapshot(manifest, &fetched, &mounts, options.offline).await?;
+            (built.wasm, built.sha256, mounts)
+        }
         None => {
             let wasm = fetch::ensure_image(manifest, image_dir, options.offline).await?;
             (wasm, manifest.wasm_sha256.clone(), vec![])
@@ -248,16 +299,19 @@ async fn load_program(
     };
     let (engine, name) = (engine.clone(), manifest.name.clone());
     let program = match manifest.kind {
-        ImageKind::Module => {
+        ImageKind::Module | ImageKind::Reactor => {
             let module =
                 tokio::task::spawn_blocking(move || load_cached::<Module>(&engine, &name, &wasm, &sha, &cache_dir))
                     .await??;
-            Program::Module(
-                linker
-                    .instantiate_pre(&module)
-                    .map_err(anyhow::Error::from)
-                    .with_context(|| format!("cannot link image {}", manifest.name))?,
-            )
+            let pre = linker
+                .instantiate_pre(&module)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("cannot link image {}", manifest.name))?;
+            if manifest.kind == ImageKind::Reactor {
+                Program::Reactor(pre)
+            } else {
+                Program::Module(pre)
+            }
         }
         ImageKind::Component => {
             let component =
@@ -358,38 +412,67 @@ pub(super) fn load_cached<T: Compiled>(
     wasm_sha: &str,
     cache_dir: &Path,
 ) -> anyhow::Result<T> {
-    let mut hasher = std::hash::DefaultHasher::new();
-    engine.precompile_compatibility_hash().hash(&mut hasher);
-    let key = hex::encode(&Sha256::digest(format!("{wasm_sha}:{:x}", hasher.finish()))[..12]);
+    let key = cache_key(engine, wasm_sha);
     let cwasm = cache_dir.join(format!("{name}-{key}.cwasm"));
     let checksum = cwasm.with_extension("cwasm.sha256");
-    if let (Ok(expected), true) = (std::fs::read_to_string(&checksum), cwasm.exists()) {
-        let started = Instant::now();
-        match sha256_file(&cwasm) {
-            // SAFETY: the file was written by `T::serialize` of an engine
-            // with the same compatibility hash (it is in the file name), and
-            // its checksum matches what we recorded then.
-            Ok(actual) if actual == expected.trim() => match unsafe { T::deserialize_file(engine, &cwasm) } {
-                Ok(program) => {
-                    tracing::info!(program = %name, elapsed = ?started.elapsed(), "loaded compiled program from cache");
-                    return Ok(program);
-                }
-                Err(e) => tracing::warn!(program = %name, "compile cache entry unusable, recompiling: {e:#}"),
-            },
-            _ => tracing::warn!(program = %name, "compile cache entry is corrupt, recompiling"),
-        }
+    if let Some(program) = load_cache_entry(engine, name, &cwasm, &checksum) {
+        return Ok(program);
     }
-    tracing::info!(program = %name, "compiling (this takes a few seconds, once)");
+    // One compile per entry at a time, even across servers sharing the
+    // directory (tests start many at once): the CPython 3.15 image takes a
+    // minute or more on two cores. A waiter finds the entry made.
+    std::fs::create_dir_all(cache_dir)?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(cache_dir.join(format!(".{name}-{key}.lock")))?;
+    lock.lock()?;
+    if let Some(program) = load_cache_entry(engine, name, &cwasm, &checksum) {
+        return Ok(program);
+    }
+    tracing::info!(program = %name, "compiling (once per image and engine settings; a few seconds, or a minute or more for large images)");
     let started = Instant::now();
     let program = T::from_file(engine, wasm)
         .map_err(anyhow::Error::from)
         .with_context(|| format!("cannot compile {}", wasm.display()))?;
     tracing::info!(program = %name, elapsed = ?started.elapsed(), "compiled");
     let bytes = program.serialize()?;
-    std::fs::create_dir_all(cache_dir)?;
     write_atomically(&cwasm, &bytes)?;
     write_atomically(&checksum, hex::encode(Sha256::digest(&bytes)).as_bytes())?;
+    drop(lock);
     Ok(program)
+}
+
+/// The compile cache key of a program: its wasm's hash and everything of
+/// the engine that a compiled program depends on (wasmtime's version, the
+/// target, the wasm features and every other setting), as wasmtime itself
+/// checks on loading.
+fn cache_key(engine: &Engine, wasm_sha: &str) -> String {
+    let mut hasher = std::hash::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    hex::encode(&Sha256::digest(format!("{wasm_sha}:{:x}", hasher.finish()))[..12])
+}
+
+/// A compile cache entry, if it is there and intact.
+fn load_cache_entry<T: Compiled>(engine: &Engine, name: &str, cwasm: &Path, checksum: &Path) -> Option<T> {
+    if let (Ok(expected), true) = (std::fs::read_to_string(checksum), cwasm.exists()) {
+        let started = Instant::now();
+        match sha256_file(cwasm) {
+            // SAFETY: the file was written by `T::serialize` of an engine
+            // with the same compatibility hash (it is in the file name), and
+            // its checksum matches what we recorded then.
+            Ok(actual) if actual == expected.trim() => match unsafe { T::deserialize_file(engine, cwasm) } {
+                Ok(program) => {
+                    tracing::info!(program = %name, elapsed = ?started.elapsed(), "loaded compiled program from cache");
+                    return Some(program);
+                }
+                Err(e) => tracing::warn!(program = %name, "compile cache entry unusable, recompiling: {e:#}"),
+            },
+            _ => tracing::warn!(program = %name, "compile cache entry is corrupt, recompiling"),
+        }
+    }
+    None
 }
 
 /// What the compile cache needs of a module or component.

@@ -33,10 +33,10 @@ use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 use wiggle::GuestMemory;
 
-use super::component;
 use super::engine::{GUEST_THREAD_STACK, LoadedRuntime, Program};
 use super::pipe::{CapturePipe, FileSink, WriterSink};
 use super::quota::{DIR_BYTES, DiskLedger};
+use super::{component, reactor};
 use crate::provider::{ExecOutput, OutputChunk, ProviderError, StreamKind};
 
 const WASI: &str = "wasi_snapshot_preview1";
@@ -132,6 +132,26 @@ struct Quota {
 pub trait Limited: Send + 'static {
     fn limits(&mut self) -> &mut StoreLimits;
     fn stop(&self) -> &StopCheck;
+}
+
+impl GuestState {
+    /// The state of a preview1 guest's store: its WASI context, its memory
+    /// limit (one instance), the disk ledger and the exec's stop check.
+    pub fn new(start: &mut RunStart, job: &GuestJob) -> GuestState {
+        GuestState {
+            wasi: start.wasi.build_p1(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(job.memory_bytes)
+                .instances(1)
+                .build(),
+            quota: Quota {
+                ledger: job.ledger.clone(),
+                stdio_replaced: false,
+            },
+            stop: start.stop_check(job),
+            context: None,
+        }
+    }
 }
 
 impl Limited for GuestState {
@@ -333,7 +353,9 @@ pub struct RunStart {
 }
 
 impl RunStart {
-    pub fn new(runtime: &LoadedRuntime, job: &mut GuestJob) -> Result<RunStart, ProviderError> {
+    /// `mounts`: the runtime's read-only directories and their guest paths,
+    /// preopened in this order after the sandbox's `/`.
+    pub fn new(mounts: &[(PathBuf, String)], job: &mut GuestJob) -> Result<RunStart, ProviderError> {
         let started = Instant::now();
         let stdout = CapturePipe::new(job.output_limit)
             .tee(job.output.clone(), StreamKind::Stdout)
@@ -344,7 +366,7 @@ impl RunStart {
             output: job.output.clone(),
             cancel: job.cancel.clone(),
         };
-        let wasi = wasi_builder(runtime, job, &stdout, &stderr, &stop)?;
+        let wasi = wasi_builder(mounts, job, &stdout, &stderr, &stop)?;
         Ok(RunStart {
             started,
             stdout,
@@ -1027,6 +1049,7 @@ pub fn run(runtime: &LoadedRuntime, job: GuestJob) -> Result<ExecOutput, Provide
     match &runtime.program {
         Program::Module(pre) => run_module(runtime, pre, job),
         Program::Component(pre) => component::run(runtime, pre, job),
+        Program::Reactor(pre) => reactor::run(runtime, pre, job),
     }
 }
 
@@ -1034,7 +1057,7 @@ pub fn run(runtime: &LoadedRuntime, job: GuestJob) -> Result<ExecOutput, Provide
 /// `stdout`/`stderr`, the sandbox directory as `/` and the runtime's
 /// read-only mounts.
 fn wasi_builder(
-    runtime: &LoadedRuntime,
+    mounts: &[(PathBuf, String)],
     job: &mut GuestJob,
     stdout: &CapturePipe,
     stderr: &CapturePipe,
@@ -1067,7 +1090,7 @@ fn wasi_builder(
         .allow_blocking_current_thread(true)
         .preopened_dir(&job.sandbox_dir, "/", FsPerms::ReadWrite)
         .map_err(|e| ProviderError::Internal(anyhow::Error::from(e).context("cannot preopen the sandbox directory")))?;
-    for (host, guest) in &runtime.mounts {
+    for (host, guest) in mounts {
         builder
             .preopened_dir(host, guest, FsPerms::ReadOnly)
             .map_err(|e| ProviderError::Internal(anyhow::Error::from(e).context(format!("cannot preopen {guest}"))))?;
@@ -1080,20 +1103,8 @@ fn run_module(
     pre: &InstancePre<GuestState>,
     mut job: GuestJob,
 ) -> Result<ExecOutput, ProviderError> {
-    let mut start = RunStart::new(runtime, &mut job)?;
-    let state = GuestState {
-        wasi: start.wasi.build_p1(),
-        limits: StoreLimitsBuilder::new()
-            .memory_size(job.memory_bytes)
-            .instances(1)
-            .build(),
-        quota: Quota {
-            ledger: job.ledger.clone(),
-            stdio_replaced: false,
-        },
-        stop: start.stop_check(&job),
-        context: None,
-    };
+    let mut start = RunStart::new(&runtime.mounts, &mut job)?;
+    let state = GuestState::new(&mut start, &job);
     let mut store = new_store(pre.module().engine(), state, job.fuel)?;
     let result = pre
         .instantiate(&mut store)

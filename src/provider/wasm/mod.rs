@@ -9,9 +9,12 @@ mod engine;
 mod files;
 mod guest;
 mod instrument;
+pub mod packages;
 mod pipe;
 mod quota;
+mod reactor;
 mod shell;
+mod snapshot;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -60,6 +63,10 @@ pub struct WasmProvider {
     /// As many again for the commands of shell scripts that run at the
     /// same time as the script (pipeline stages, background jobs).
     stages: Arc<shell::Stages>,
+    /// `pip install` and the `packages` of a create.
+    packages: Arc<packages::PackageManager>,
+    /// How long a create waits for its `packages`.
+    packages_timeout: std::time::Duration,
 }
 
 impl WasmProvider {
@@ -74,8 +81,24 @@ impl WasmProvider {
         std::fs::create_dir_all(&sandboxes_dir)?;
         let context_engine = context::ContextEngine::load(&catalog, &settings.image_dir(), settings.wasm.offline).await;
         let contexts = contexts::ContextManager::new(context_engine, &settings.data_dir, &settings.contexts);
+        let packages = Arc::new(packages::PackageManager::new(
+            &settings.data_dir,
+            &settings.image_dir(),
+            settings.wasm.build_python.as_deref(),
+            settings.wasm.package_index_url(),
+            settings.wasm.offline,
+        ));
+        // The virtualenv that runs pip is made once per image directory;
+        // in the background, so that neither the start nor the first
+        // install waits for it.
+        tokio::spawn({
+            let packages = packages.clone();
+            async move { packages.prepare().await }
+        });
         Ok(WasmProvider {
             contexts,
+            packages,
+            packages_timeout: settings.exec.default_timeout,
             engine: Arc::new(engine),
             catalog,
             sandboxes_dir,
@@ -133,6 +156,14 @@ impl WasmProvider {
         })
         .await
         .map_err(|e| ProviderError::Internal(e.into()))?
+    }
+
+    /// The Python version `python3` runs in a sandbox whose own runtime is
+    /// `home` (after any fallback), if a Python runs there.
+    fn python_version(&self, home: Option<&str>) -> Option<String> {
+        let def = self.catalog.runtime_for_command("python3", home)?;
+        let loaded = self.engine.runtimes.get(&def.name)?;
+        loaded.def.python_version.clone()
     }
 
     /// The runtime the sandbox's image selects.
@@ -242,6 +273,10 @@ impl WasmProvider {
             output_limit: self.output_limit,
             ledger: self.ledger(sandbox),
             cancel: io.cancel,
+            pip: packages::PipContext {
+                manager: Some(self.packages.clone()),
+                python_version: self.python_version(home.as_deref()),
+            },
             resolve: Arc::new(move |command| resolve_runtime(&catalog, &engine, command, home.as_deref())),
             stages: self.stages.clone(),
         };
@@ -349,7 +384,18 @@ impl Provider for WasmProvider {
     fn resolve_image(&self, requested: Option<&str>) -> Result<String, ProviderError> {
         match requested {
             None | Some("") => Ok(self.catalog.default_runtime().images[0].clone()),
-            Some(image) if self.catalog.runtime_for_image(image).is_some() => Ok(image.to_string()),
+            Some(image) if self.catalog.runtime_for_image(image).is_some() => {
+                let def = self.catalog.runtime_for_image(image).expect("matched");
+                if !self.engine.runtimes.contains_key(&def.name) {
+                    // The reason can name hosts and paths: it goes to the log
+                    // (at start), not to clients.
+                    return Err(ProviderError::Unavailable(format!(
+                        "image {image} is not available on this server: its wasm image {} could not be loaded",
+                        def.wasm_image
+                    )));
+                }
+                Ok(image.to_string())
+            }
             Some(image) => Err(ProviderError::InvalidInput(format!(
                 "unknown wasm image {image:?}; known images: {}",
                 self.catalog.known_image_names().join(", ")
@@ -357,7 +403,98 @@ impl Provider for WasmProvider {
         }
     }
 
+    fn check_packages(&self, image: &str, requirements: &[String]) -> Result<(), ProviderError> {
+        if requirements.is_empty() {
+            return Ok(());
+        }
+        let home = self.catalog.runtime_for_image(image).map(|r| r.name.clone());
+        if self.python_version(home.as_deref()).is_none() {
+            return Err(ProviderError::InvalidInput(format!(
+                "packages cannot be installed: no Python runs in a sandbox of image {image}"
+            )));
+        }
+        if requirements.len() > packages::MAX_REQUIREMENTS {
+            return Err(ProviderError::InvalidInput(format!(
+                "packages may list at most {} requirements",
+                packages::MAX_REQUIREMENTS
+            )));
+        }
+        for requirement in requirements {
+            packages::Requirement::parse(requirement)
+                .map_err(|e| ProviderError::InvalidInput(format!("packages: {e}")))?;
+        }
+        Ok(())
+    }
+
+    async fn install_packages(
+        &self,
+        sandbox: &Sandbox,
+        requirements: &[String],
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> Result<(), ProviderError> {
+        self.check_packages(&sandbox.image, requirements)?;
+        if requirements.is_empty() {
+            return Ok(());
+        }
+        let parsed: Vec<packages::Requirement> = requirements
+            .iter()
+            .map(|r| packages::Requirement::parse(r).expect("checked above"))
+            .collect();
+        let version = self
+            .python_version(self.home_runtime(sandbox).as_deref())
+            .expect("checked above");
+        let (manager, dir, ledger) = (self.packages.clone(), self.dir(sandbox), self.ledger(sandbox));
+        let timeout = self.packages_timeout;
+        let deadline = std::time::Instant::now() + timeout;
+        let result = tokio::task::spawn_blocking(move || {
+            let root = files::open_root(&dir)?;
+            let held = ledger.begin();
+            let target = packages::Target {
+                root: &root,
+                ledger: &held,
+                python_version: &version,
+                deadline,
+                cancel: &cancel,
+            };
+            Ok::<_, ProviderError>(manager.install(&target, &dir, &parsed, &packages::InstallOptions::default()))
+        })
+        .await
+        .map_err(|e| ProviderError::Internal(e.into()))??;
+        match result {
+            Ok(installed) => {
+                tracing::info!(id = %sandbox.id, packages = ?installed.dists, cached = installed.cached, "installed packages");
+                Ok(())
+            }
+            Err(e) => Err(match e {
+                packages::PackageError::Invalid(m)
+                | packages::PackageError::NotFound(m)
+                | packages::PackageError::NotPure(m)
+                | packages::PackageError::Failed(m) => ProviderError::InvalidInput(format!("packages: {m}")),
+                packages::PackageError::Unavailable(m) => ProviderError::Unavailable(format!("packages: {m}")),
+                packages::PackageError::TooLarge(m) => ProviderError::QuotaExceeded(format!("packages: {m}")),
+                packages::PackageError::TimedOut(_) => ProviderError::Timeout {
+                    timeout,
+                    partial: Box::default(),
+                },
+                packages::PackageError::Cancelled => ProviderError::Cancelled,
+            }),
+        }
+    }
+
     async fn create(&self, sandbox: &Sandbox) -> Result<(), ProviderError> {
+        if let Some(runtime) = self
+            .home_runtime(sandbox)
+            .and_then(|name| self.engine.runtimes.get(&name))
+        {
+            let needed = runtime.min_memory_bytes();
+            if sandbox.memory_mb.saturating_mul(1 << 20) < needed {
+                return Err(ProviderError::InvalidInput(format!(
+                    "image {} needs memory_mb of at least {}: its interpreter starts with that much memory",
+                    sandbox.image,
+                    needed.div_ceil(1 << 20)
+                )));
+            }
+        }
         let dir = self.dir(sandbox);
         // A handful of mkdirs: cheap enough to do inline on the request path.
         std::fs::create_dir(&dir)

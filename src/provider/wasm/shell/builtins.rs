@@ -12,7 +12,7 @@
 use super::exec::{Flow, MAX_ARGS, MAX_ARGS_BYTES, MAX_SCRIPT_BYTES, MAX_WORD_BYTES, Shell, Stop};
 use super::io::{Capture, CmdIo, Out, input, lock};
 use super::syntax::is_name;
-use crate::provider::wasm::Resolved;
+use crate::provider::wasm::{Resolved, packages};
 
 pub type Builtin = fn(&mut Shell, &[String], &CmdIo) -> Flow<i32>;
 
@@ -59,6 +59,8 @@ const REGULAR: &[(&str, Builtin)] = &[
     ("which", which),
     ("xargs", xargs),
     ("find", find_exec),
+    ("pip", pip),
+    ("pip3", pip),
 ];
 
 /// Regular builtins that are programs too, found as `/bin/NAME`.
@@ -661,6 +663,27 @@ fn which(sh: &mut Shell, args: &[String], io: &CmdIo) -> Flow<i32> {
         }
     }
     out(sh, io, &text);
+    Ok(status)
+}
+
+/// `pip install`, `uninstall`, `list` and `freeze`: pure-Python packages
+/// for the sandbox's `python3`, resolved and downloaded by the host
+/// (`packages.rs`, which bounds it all); nothing of a package runs here.
+fn pip(sh: &mut Shell, args: &[String], io: &CmdIo) -> Flow<i32> {
+    sh.check_limits()?;
+    let ctx = sh.ctx.clone();
+    let (status, stdout, stderr) = packages::pip_builtin(
+        &ctx.pip,
+        &ctx.root,
+        &ctx.ledger,
+        &sh.stop,
+        &ctx.sandbox_dir,
+        &sh.cwd,
+        &args[1..],
+    );
+    out(sh, io, &stdout);
+    sh.write_stderr(io, stderr.as_bytes());
+    sh.check_limits()?;
     Ok(status)
 }
 

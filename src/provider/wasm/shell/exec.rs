@@ -30,6 +30,7 @@ use crate::provider::wasm::Resolved;
 use crate::provider::wasm::engine::LoadedRuntime;
 use crate::provider::wasm::files;
 use crate::provider::wasm::guest::{self, GuestJob, GuestOut, GuestPool, StopCheck};
+use crate::provider::wasm::packages::PipContext;
 use crate::provider::wasm::quota::{DiskLedger, LedgerUse};
 use crate::provider::{ExecOutput, OutputChunk, ProviderError, StreamKind};
 use crate::sandbox::path::SandboxPath;
@@ -88,6 +89,8 @@ pub struct ShellJob {
     pub resolve: Resolver,
     /// Threads for commands that run at the same time as the shell.
     pub stages: Arc<Stages>,
+    /// What the `pip` builtin works with.
+    pub pip: PipContext,
 }
 
 /// The threads that run pipeline stages and background jobs, and the
@@ -154,6 +157,7 @@ pub struct Ctx {
     _held: LedgerUse,
     pub resolve: Resolver,
     pub stages: Arc<Stages>,
+    pub pip: PipContext,
     live: AtomicUsize,
     steps: AtomicU64,
     /// Output dropped anywhere: a guest's capture or the exec's own.
@@ -297,6 +301,7 @@ pub fn run(job: ShellJob) -> Result<ExecOutput, ProviderError> {
         _held: held,
         resolve: job.resolve,
         stages: job.stages,
+        pip: job.pip,
         live: AtomicUsize::new(0),
         steps: AtomicU64::new(0),
         truncated: AtomicBool::new(false),

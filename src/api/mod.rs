@@ -2,6 +2,8 @@
 //! Handlers parse and check input, call the sandbox service, and map the
 //! result; they never touch wasmtime or Docker.
 
+mod audit;
+mod control;
 pub mod error;
 mod events;
 mod exec;
@@ -10,6 +12,7 @@ mod files;
 mod preview;
 mod sandboxes;
 mod system;
+mod templates;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -41,7 +44,10 @@ pub fn router(state: AppState) -> Router {
         .merge(exec::router())
         .merge(events::router())
         .merge(files::router(state.service.settings().http.file_limit_bytes))
-        .merge(system::router());
+        .merge(system::router())
+        .merge(control::router())
+        .merge(templates::router())
+        .merge(audit::router());
     Router::new()
         .nest("/api/v1", api)
         .fallback(|req: Request| async move {
@@ -53,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), preview::by_host))
         .layer(axum::middleware::from_fn_with_state(state.clone(), redact_details))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), audit::record))
         .layer(axum::middleware::from_fn(catch_panic))
         .layer(axum::middleware::from_fn(log_request))
         .with_state(state)

@@ -930,10 +930,19 @@ fn audit_outcome(e: &ServiceError) -> String {
         ServiceError::Conflict(_) => "conflict",
         ServiceError::Forbidden(_) => "forbidden",
         ServiceError::SetupFailed(_) => "setup_failed",
-        ServiceError::Provider(ProviderError::Unavailable(_)) => "unavailable",
-        ServiceError::Provider(ProviderError::Timeout { .. }) => "timeout",
-        ServiceError::Provider(ProviderError::Internal(_)) => "internal",
-        ServiceError::Provider(_) => "failed",
+        ServiceError::Provider(p) => match p {
+            ProviderError::NotFound(_) => "not_found",
+            ProviderError::Unavailable(_) => "unavailable",
+            ProviderError::Unsupported(_) => "unsupported",
+            ProviderError::InvalidInput(_) => "bad_request",
+            ProviderError::Conflict(_) => "conflict",
+            ProviderError::QuotaExceeded(_)
+            | ProviderError::FuelExhausted { .. }
+            | ProviderError::MemoryLimit { .. } => "resource_limit",
+            ProviderError::Timeout { .. } => "timeout",
+            ProviderError::Cancelled => "cancelled",
+            ProviderError::Internal(_) => "internal",
+        },
     };
     // Internal details stay in the server log, and why a provider is
     // unavailable can name the daemon's address.

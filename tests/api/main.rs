@@ -1,6 +1,8 @@
 //! Black-box tests: the real server on port 0, real wasmtime running the
 //! real CPython image, real HTTP over loopback.
 
+mod admission;
+mod audit;
 mod docker;
 mod events;
 mod exec;
@@ -8,10 +10,15 @@ mod files;
 mod hardening;
 mod helpers;
 mod limits;
+mod ops;
+mod pool;
+mod prune;
 mod python;
 mod quickjs;
+mod quotas;
 mod restart;
 mod sandboxes;
 mod schemathesis;
 mod sdk;
 mod shell;
+mod templates;

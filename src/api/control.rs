@@ -24,6 +24,7 @@ pub fn router() -> Router<AppState> {
         .route("/quotas/summary", get(quota_summary))
         .route("/quotas/usage", get(quota_usage))
         .route("/pool/status", get(pool_status))
+        .route("/providers/test", post(test_providers))
 }
 
 /// The fields of a create; `template` is not among them (a template's
@@ -191,4 +192,18 @@ async fn pool_status(State(state): State<AppState>, caller: Caller) -> Response 
         }
     }
     Json(view).into_response()
+}
+
+/// `POST /providers/test`: each provider's health as the StacyVM SDK's
+/// `ProviderManager.test()` reads it, `{"wasm": true, "docker": false}`:
+/// whether it can create sandboxes now, as its last check found (the
+/// docker provider checks its daemon every `docker.recheck_interval`).
+async fn test_providers(State(state): State<AppState>, _caller: Caller) -> Response {
+    let health: BTreeMap<String, bool> = state
+        .service
+        .provider_statuses()
+        .into_iter()
+        .map(|(status, _)| (status.name.to_string(), status.available))
+        .collect();
+    Json(health).into_response()
 }

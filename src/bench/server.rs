@@ -36,6 +36,8 @@ pub struct Launch {
     /// `STACYVM_MAX_SANDBOXES`: the density phase holds more sandboxes than
     /// the default quota of 10,000.
     pub max_sandboxes: usize,
+    /// More `STACYVM_*` settings (the docker warm pool's).
+    pub env: Vec<(String, String)>,
 }
 
 impl Launch {
@@ -68,6 +70,7 @@ impl Launch {
             .env("STACYVM_IMAGE_DIR", &launch.image_dir)
             .env("STACYVM_MAX_SANDBOXES", launch.max_sandboxes.to_string())
             .env("STACYVM_DOCKER_ON_SHUTDOWN", "remove")
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

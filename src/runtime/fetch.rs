@@ -178,6 +178,24 @@ pub fn write_atomically(dest: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The fetched image of `manifest` in `image_dir` if it is there and its
+/// SHA-256 is the pinned one (what `stacyvm doctor` checks).
+pub fn check_fetched(manifest: &ImageManifest, image_dir: &Path) -> anyhow::Result<PathBuf> {
+    let path = image_dir.join(format!("{}.wasm", manifest.name));
+    if !path.exists() {
+        bail!("{} is missing", path.display());
+    }
+    let got = sha256_file(&path)?;
+    if got != manifest.wasm_sha256 {
+        bail!(
+            "{} has SHA-256 {got}, not the pinned {}",
+            path.display(),
+            manifest.wasm_sha256
+        );
+    }
+    Ok(path)
+}
+
 pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
     let mut f = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();

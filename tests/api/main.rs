@@ -3,7 +3,9 @@
 
 mod admission;
 mod audit;
+mod cli;
 mod docker;
+mod doctor;
 mod events;
 mod exec;
 mod files;
@@ -12,6 +14,7 @@ mod helpers;
 mod limits;
 mod ops;
 mod pool;
+mod provider_test;
 mod prune;
 mod python;
 mod quickjs;

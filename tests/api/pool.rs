@@ -253,6 +253,10 @@ async fn pool_containers_never_leak_across_kill_9_or_a_graceful_stop() {
         .into_iter()
         .map(|l| l["stacyvm.sandbox"].clone())
         .collect();
-    assert_eq!(left, [kept.clone()], "only the sandbox's container is kept");
+    assert_eq!(
+        left,
+        std::slice::from_ref(&kept),
+        "only the sandbox's container is kept"
+    );
     remove_containers_in(&docker, data.path()).await;
 }

@@ -9,6 +9,7 @@ mod docker;
 #[path = "../api/helpers.rs"]
 mod helpers;
 mod random;
+mod sdk;
 #[allow(dead_code)]
 mod support;
 mod wasm;

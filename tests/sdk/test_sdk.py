@@ -197,3 +197,13 @@ def test_pool_status_and_quota_summary_answer_in_the_sdks_shape():
         assert (status["vms"], status["max_vms"], status["images"]) == (0, 0, [])
         summary = client.quota_summary()
         assert summary == QuotaSummary(total=0, with_max_sandboxes=0, with_max_ttl=0, with_max_exec_timeout=0)
+
+
+def test_the_provider_manager_tests_each_providers_health():
+    from stacyvm.providers import ProviderManager
+
+    with Client(URL) as client:
+        manager = ProviderManager(client._http)
+        listed = {p["name"]: p["available"] for p in manager.list()}
+        assert manager.test() == listed
+        assert manager.test()["wasm"] is True

@@ -64,7 +64,7 @@ async fn on_a_healthy_host_every_check_passes_and_doctor_exits_0() {
         "GiB free on the data directory's file system",
         "✓ the pooling allocator reserved its address space",
         "✓ wasm image python-3.14 is built and verified",
-        "✓ wasm image coreutils-0.12.0 is built and verified",
+        "✓ wasm image utilities-1 is built and verified",
         "✓ wasm image python-3.12.0 is present and verified",
         "✓ wasm image quickjs-ng-0.11.0 is present and verified",
         "with venv and pip",

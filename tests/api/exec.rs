@@ -383,7 +383,7 @@ async fn a_websocket_client_that_disconnects_stops_the_program() {
     let mut ws = ws_connect(&app, &id).await;
     ws_send(
         &mut ws,
-        json!({"type": "start", "command": "python3 -c 'import time\nprint(\"up\", flush=True)\nwhile True:\n    open(\"beat\", \"a\").write(\"x\"); time.sleep(0.05)'", "timeout": "60s"}),
+        json!({"type": "start", "command": "python3 -c 'import time\nopen(\"beat\", \"a\").write(\"x\")\nprint(\"up\", flush=True)\nwhile True:\n    open(\"beat\", \"a\").write(\"x\"); time.sleep(0.05)'", "timeout": "60s"}),
     )
     .await;
     assert_eq!(

@@ -25,3 +25,4 @@ mod schemathesis;
 mod sdk;
 mod shell;
 mod templates;
+mod utilities;

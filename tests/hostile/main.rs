@@ -12,4 +12,5 @@ mod random;
 mod sdk;
 #[allow(dead_code)]
 mod support;
+mod utilities;
 mod wasm;

@@ -399,8 +399,9 @@ fn generated_command_lines_and_bodies_never_get_a_5xx() {
 async fn a_mix_of_attacks_never_stops_correct_execs() {
     let seconds = env_number("STACYVM_HOSTILE_SECONDS", 30);
     let mut process = ServerProcess::start(SERVER_ENV);
-    let victim = process.create(json!({})).await;
-    let canary = process.create(json!({})).await;
+    // The longest TTL, so that an hour-long run outlives neither.
+    let victim = process.create(json!({"ttl": "24h"})).await;
+    let canary = process.create(json!({"ttl": "24h"})).await;
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let attacks = AtomicU64::new(0);
     let failures = std::sync::Mutex::new(Vec::new());

@@ -335,6 +335,7 @@ async fn precompile_stdlib(program: &Program, dir: &Path, lib: &str, mounts: &[(
         stderr: Default::default(),
         ledger: super::quota::DiskLedger::unlimited(),
         stdin_stream: None,
+        stdin_custom: None,
         output: None,
         cancel: Default::default(),
     };

@@ -26,7 +26,7 @@ use wasmtime::{
     AsContextMut, Caller, Engine, Extern, InstancePre, Linker, Store, StoreLimits, StoreLimitsBuilder, Trap,
     UpdateDeadline,
 };
-use wasmtime_wasi::cli::AsyncStdinStream;
+use wasmtime_wasi::cli::{AsyncStdinStream, StdinStream};
 use wasmtime_wasi::p1::wasi_snapshot_preview1::{self as wasi1, WasiSnapshotPreview1};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
@@ -35,7 +35,7 @@ use wiggle::GuestMemory;
 
 use super::component;
 use super::engine::{GUEST_THREAD_STACK, LoadedRuntime, Program};
-use super::pipe::{CapturePipe, FileSink};
+use super::pipe::{CapturePipe, FileSink, WriterSink};
 use super::quota::{DIR_BYTES, DiskLedger};
 use crate::provider::{ExecOutput, OutputChunk, ProviderError, StreamKind};
 
@@ -201,6 +201,39 @@ impl GuestPool {
         }
         rx.await
             .map_err(|_| ProviderError::Internal(anyhow::anyhow!("the guest program's host code panicked")))?
+    }
+
+    /// Runs `f` on a pool thread, starting now; the receiver gets its
+    /// result (or the panic). The caller makes sure a thread is free for it
+    /// ([`Self::ensure_threads`]).
+    pub fn submit<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::sync::mpsc::Receiver<std::thread::Result<T>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let job: PoolJob = Box::new(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            // The instance is let go before the result is out, so that
+            // whoever waits for it finds the pipes it held closed.
+            release_parked();
+            tx.send(result).ok();
+        });
+        if self.jobs.send(job).is_err() {
+            // The pool is gone with the server: the receiver sees a
+            // disconnection.
+        }
+        rx
+    }
+
+    /// Starts threads until the pool has `n` (at most its size), so that
+    /// `n` jobs can run at once.
+    pub fn ensure_threads(&self, n: usize) {
+        use std::sync::atomic::Ordering;
+        while self.started.load(Ordering::Acquire) < n.min(self.size) {
+            if self.grow().is_err() {
+                break;
+            }
+        }
     }
 
     /// Starts one more thread, unless the pool is full.
@@ -402,6 +435,25 @@ impl tokio::io::AsyncRead for StoppableInput {
             )));
         }
         std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+/// A caller's stdin, boxed.
+struct CustomStdin(Box<dyn StdinStream + Sync>);
+
+impl wasmtime_wasi::cli::IsTerminal for CustomStdin {
+    fn is_terminal(&self) -> bool {
+        self.0.is_terminal()
+    }
+}
+
+impl StdinStream for CustomStdin {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncRead + Send + Sync> {
+        self.0.async_stream()
+    }
+
+    fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::InputStream> {
+        self.0.p2_stream()
     }
 }
 
@@ -820,6 +872,8 @@ pub enum GuestOut {
     File(std::fs::File),
     /// Dropped.
     Discard,
+    /// Handed to this function as it comes (a pipe to another command).
+    Writer(Arc<dyn Fn(&[u8]) -> std::io::Result<()> + Send + Sync>),
 }
 
 /// Everything one run needs; built by the provider from the exec request.
@@ -841,6 +895,8 @@ pub struct GuestJob {
     pub ledger: Arc<DiskLedger>,
     /// Live stdin, read while the guest runs (replaces `stdin`).
     pub stdin_stream: Option<Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>>,
+    /// A stdin of the caller's making (replaces both).
+    pub stdin_custom: Option<Box<dyn StdinStream + Sync>>,
     /// Live output, sent as the guest writes.
     pub output: Option<UnboundedSender<OutputChunk>>,
     /// Cancelled when the client left.
@@ -866,19 +922,25 @@ fn wasi_builder(
     stop: &StopCheck,
 ) -> Result<WasiCtxBuilder, ProviderError> {
     let mut builder = WasiCtxBuilder::new();
-    match job.stdin_stream.take() {
-        Some(stream) => builder.stdin(AsyncStdinStream::new(StoppableInput::new(stream, stop))),
-        None => builder.stdin(MemoryInputPipe::new(std::mem::take(&mut job.stdin))),
-    };
+    if let Some(stdin) = job.stdin_custom.take() {
+        builder.stdin(CustomStdin(stdin));
+    } else {
+        match job.stdin_stream.take() {
+            Some(stream) => builder.stdin(AsyncStdinStream::new(StoppableInput::new(stream, stop))),
+            None => builder.stdin(MemoryInputPipe::new(std::mem::take(&mut job.stdin))),
+        };
+    }
     match std::mem::take(&mut job.stdout) {
         GuestOut::Capture => builder.stdout(stdout.clone()),
         GuestOut::File(file) => builder.stdout(FileSink::new(file, job.ledger.clone())),
         GuestOut::Discard => builder.stdout(CapturePipe::discard()),
+        GuestOut::Writer(write) => builder.stdout(WriterSink(write)),
     };
     match std::mem::take(&mut job.stderr) {
         GuestOut::Capture => builder.stderr(stderr.clone()),
         GuestOut::File(file) => builder.stderr(FileSink::new(file, job.ledger.clone())),
         GuestOut::Discard => builder.stderr(CapturePipe::discard()),
+        GuestOut::Writer(write) => builder.stderr(WriterSink(write)),
     };
     builder
         .args(&job.argv)

@@ -52,6 +52,9 @@ pub struct WasmProvider {
     slots: Arc<Semaphore>,
     /// `exec.max_concurrent` threads at most, which run every guest.
     threads: guest::GuestPool,
+    /// As many again for the commands of shell scripts that run at the
+    /// same time as the script (pipeline stages, background jobs).
+    stages: Arc<shell::Stages>,
 }
 
 impl WasmProvider {
@@ -76,6 +79,7 @@ impl WasmProvider {
             file_limit: settings.http.file_limit_bytes.max(settings.http.body_limit_bytes),
             slots: Arc::new(Semaphore::new(settings.exec.max_concurrent)),
             threads: guest::GuestPool::new(settings.exec.max_concurrent),
+            stages: Arc::new(shell::Stages::new(settings.exec.max_concurrent)),
         })
     }
 
@@ -230,7 +234,8 @@ impl WasmProvider {
             output_limit: self.output_limit,
             ledger: self.ledger(sandbox),
             cancel: io.cancel,
-            resolve: Box::new(move |command| resolve_runtime(&catalog, &engine, command, home.as_deref())),
+            resolve: Arc::new(move |command| resolve_runtime(&catalog, &engine, command, home.as_deref())),
+            stages: self.stages.clone(),
         };
         self.run_guest(move || {
             Self::check_workdir(&files::open_root(&job.sandbox_dir)?, &job.cwd)?;
@@ -450,6 +455,7 @@ impl Provider for WasmProvider {
                 stderr: Default::default(),
                 ledger: ledger.clone(),
                 stdin_stream: io.stdin,
+                stdin_custom: None,
                 output: io.output,
                 cancel: io.cancel,
             };

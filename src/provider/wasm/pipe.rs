@@ -244,6 +244,56 @@ impl StdoutStream for FileSink {
     }
 }
 
+/// A guest's output handed to a function as it comes: a pipe to another
+/// command that runs at the same time. A write may wait (the pipe is full)
+/// and fails when the reader is gone (EPIPE) or the exec must stop.
+#[derive(Clone)]
+pub struct WriterSink(pub Arc<dyn Fn(&[u8]) -> std::io::Result<()> + Send + Sync>);
+
+impl OutputStream for WriterSink {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        (self.0)(&bytes).map_err(|e| StreamError::LastOperationFailed(wasmtime::Error::new(e)))
+    }
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(WRITE_PERMIT)
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for WriterSink {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for WriterSink {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Poll::Ready((self.0)(buf).map(|()| buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl IsTerminal for WriterSink {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for WriterSink {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,33 +1,35 @@
 //! The stacyvm shell: shell-mode command lines on the wasm provider.
 //!
-//! It is a POSIX `sh` subset that runs inside stacyvm, on the sandbox
-//! directory through cap-std; it never starts a host process. Builtins
-//! (`echo`, `cat`, `ls`, `cd`, `test`...) run in-process; runtime commands
-//! (`python3`...) run as wasm guests with the shell's working directory,
-//! exported variables and pipes or redirections as their standard streams.
+//! It runs the POSIX `sh` language inside stacyvm, on the sandbox directory
+//! through cap-std; it never starts a host process. Builtins that change
+//! the shell (`cd`, `set`, `read`...) run in-process; every other command
+//! (`ls`, `grep`, `python3`...) runs as a wasm guest with the shell's
+//! working directory, exported variables and its pipes or redirections as
+//! its standard streams. The commands of a pipeline run at the same time and
+//! stream into each other.
 //!
-//! What it runs: words with every kind of quoting, `$VAR`, `${VAR}` and `$?`
-//! (split when unquoted), `;`, `&&`, `||`, `!`, pipes (each stage runs to
-//! completion and its output is the next stage's input), redirections
-//! (`<`, `>`, `>>`, `2>`, `2>>`, `2>&1`, `>&2`), prefix and plain
-//! assignments, globbing of unquoted `*`, `?` and `[...]`, `#` comments and
-//! newlines. Everything else that sh accepts (loops, `if`, functions,
-//! subshells, command substitution, here-documents, `&`...) exits with
-//! status 2 and a message naming it, never silently misread.
+//! What it runs: every kind of quoting, parameters with their operators,
+//! command substitution, arithmetic, lists, pipelines, `if`, `for`,
+//! `while`, `until`, `case`, functions with `local`, subshells, groups,
+//! here-documents, redirections of descriptors 0 to 9, `set -euxo
+//! pipefail`, `trap ... EXIT`, background jobs and `wait`, and bash's
+//! `[[ ]]` and `(( ))`. What it does not run (arrays, coprocesses, process
+//! substitution...) exits with status 2 and a message naming it, never
+//! silently misread.
 //!
-//! Parsing is brush-parser's (a maintained bash parser): [`syntax`] maps its
-//! tree onto the subset above. The limits of an exec hold for the whole
-//! script: the deadline between commands and in `sleep`, the output cap,
-//! the disk quota for every byte builtins and redirections write, and the
-//! client leaving.
+//! Parsing is brush-parser's (a maintained bash parser); [`syntax`] turns
+//! its tree into the shell's own. The limits of an exec hold for the whole
+//! script (see [`exec`]).
 
+mod arith;
 mod builtins;
 mod exec;
 mod expand;
 mod io;
+mod pattern;
 mod syntax;
 
-pub use exec::{ShellJob, run};
+pub use exec::{ShellJob, Stages, run};
 
 /// Quotes `arg` so that sh reads it back as exactly one word.
 pub fn quote(arg: &str) -> String {

@@ -1,6 +1,7 @@
-// The utilities of this multicall program: each command name and the
-// uutils crate that implements it.
+// The uutils coreutils utilities of this multicall program: each command
+// name and the crate that implements it.
 utilities! {
+    "[" => uu_test,
     "arch" => uu_arch,
     "b2sum" => uu_b2sum,
     "base32" => uu_base32,
@@ -19,6 +20,7 @@ utilities! {
     "dircolors" => uu_dircolors,
     "dirname" => uu_dirname,
     "echo" => uu_echo,
+    "env" => uu_env,
     "expand" => uu_expand,
     "expr" => uu_expr,
     "factor" => uu_factor,
@@ -63,10 +65,10 @@ utilities! {
     "sort" => uu_sort,
     "split" => uu_split,
     "sum" => uu_sum,
+    "tac" => uu_tac,
     "tail" => uu_tail,
     "tee" => uu_tee,
     "test" => uu_test,
-    "[" => uu_test,
     "touch" => uu_touch,
     "tr" => uu_tr,
     "true" => uu_true,

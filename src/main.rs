@@ -1,11 +1,13 @@
 //! The `stacyvm` command: `serve` runs the server, `images pull` fetches, builds and compiles the
-//! wasm images ahead of time, `bench` measures a server.
+//! wasm images ahead of time, `bench` measures a server, `sandbox` and `template` are a client of
+//! a server's REST API, and `doctor` checks the host.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use stacyvm::App;
+use stacyvm::cli::{Remote, SandboxCommand, TemplateCommand};
 use stacyvm::runtime::Catalog;
 use stacyvm::settings::{Overrides, Settings};
 
@@ -47,6 +49,28 @@ enum Command {
     },
     /// Measure latency, throughput and density over HTTP, and print them with their ratios.
     Bench(stacyvm::bench::Options),
+    /// Manage sandboxes on a server: create, ls, get, exec, cp, rm, logs, extend.
+    Sandbox {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        command: SandboxCommand,
+    },
+    /// Manage templates on a server: save, ls, get, rm, spawn.
+    Template {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        command: TemplateCommand,
+    },
+    /// Check that this host can run the server; one line per check, and the fix for each failure.
+    Doctor {
+        #[command(flatten)]
+        common: Common,
+        /// The address the server would listen on.
+        #[arg(long, env = "STACYVM_BIND")]
+        bind: Option<SocketAddr>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -97,5 +121,25 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(options) => stacyvm::bench::run(options).await,
+        Command::Sandbox { remote, command } => {
+            let code = stacyvm::cli::sandbox(&remote, command)
+                .await
+                .unwrap_or_else(|e| stacyvm::cli::report_failure(&e));
+            std::process::exit(code)
+        }
+        Command::Template { remote, command } => {
+            let code = stacyvm::cli::template(&remote, command)
+                .await
+                .unwrap_or_else(|e| stacyvm::cli::report_failure(&e));
+            std::process::exit(code)
+        }
+        Command::Doctor { common, bind } => {
+            let overrides = Overrides {
+                config: common.config.clone(),
+                bind,
+                data_dir: common.data_dir.clone(),
+            };
+            std::process::exit(stacyvm::cli::doctor::run(&overrides).await)
+        }
     }
 }

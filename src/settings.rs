@@ -2,7 +2,7 @@
 //! `STACYVM_*` environment variables, then command-line flags. Everything is
 //! validated before the server binds.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,6 +12,9 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Deserializer};
 
 use crate::duration;
+pub use crate::provider::docker::pool::PoolSettings;
+pub use crate::sandbox::audit::AuditSettings;
+pub use crate::sandbox::quotas::TenantQuota;
 
 /// All of the server's configuration, in one typed value.
 #[derive(Debug, Clone, Deserialize)]
@@ -33,12 +36,75 @@ pub struct Settings {
     /// When set, `{port}-{id}.{preview_domain}` hosts are proxied to the
     /// sandbox's port, and the Sandbox object carries `preview_domain`.
     pub preview_domain: Option<String>,
+    /// Per-tenant quotas, `[quotas.<tenant>]`; see `sandbox::quotas`.
+    pub quotas: BTreeMap<String, TenantQuota>,
+    /// The audit log's retention; see `sandbox::audit`.
+    pub audit: AuditSettings,
 }
 
+/// `[[auth.keys]]`. A key entry may also carry its tenant's quota fields
+/// (`max_sandboxes = 5`), which are gathered into `quotas` by tenant.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(try_from = "RawAuthSettings")]
 pub struct AuthSettings {
     pub keys: Vec<ApiKey>,
+    /// Quota fields given on key entries, by tenant.
+    pub quotas: BTreeMap<String, TenantQuota>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RawAuthSettings {
+    keys: Vec<RawApiKey>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApiKey {
+    key: Secret,
+    tenant: String,
+    #[serde(default)]
+    role: Role,
+    max_sandboxes: Option<usize>,
+    max_memory_mb: Option<u64>,
+    max_execs_per_minute: Option<u32>,
+    max_disk_mb: Option<u64>,
+    max_ttl: Option<String>,
+    max_exec_timeout: Option<String>,
+}
+
+impl TryFrom<RawAuthSettings> for AuthSettings {
+    type Error = String;
+
+    fn try_from(raw: RawAuthSettings) -> Result<AuthSettings, String> {
+        let mut auth = AuthSettings::default();
+        let duration = |field: &str, v: Option<String>| -> Result<Option<Duration>, String> {
+            v.map(|v| duration::parse_positive(&v).map_err(|e| format!("{field}: {e}")))
+                .transpose()
+        };
+        for k in raw.keys {
+            let quota = TenantQuota {
+                max_sandboxes: k.max_sandboxes,
+                max_memory_mb: k.max_memory_mb,
+                max_execs_per_minute: k.max_execs_per_minute,
+                max_disk_mb: k.max_disk_mb,
+                max_ttl: duration("max_ttl", k.max_ttl)?,
+                max_exec_timeout: duration("max_exec_timeout", k.max_exec_timeout)?,
+            };
+            if !quota.is_empty() {
+                auth.quotas
+                    .entry(k.tenant.clone())
+                    .or_default()
+                    .merge(&quota, &k.tenant)?;
+            }
+            auth.keys.push(ApiKey {
+                key: k.key,
+                tenant: k.tenant,
+                role: k.role,
+            });
+        }
+        Ok(auth)
+    }
 }
 
 #[derive(Clone, Deserialize)]
@@ -242,6 +308,11 @@ pub struct DockerSettings {
     /// Globs an image reference must match to be created (`python:*`);
     /// empty allows any image.
     pub allowed_images: Vec<String>,
+    /// Images served under another name: a create asking for a key gets
+    /// the value (`"alpine:latest" = "mirror.internal/alpine:3.20"`).
+    pub image_aliases: BTreeMap<String, String>,
+    /// Ready containers kept for fast creates, `[docker.pool]`.
+    pub pool: PoolSettings,
 }
 
 impl Default for DockerSettings {
@@ -259,6 +330,8 @@ impl Default for DockerSettings {
             // change nothing outside /workspace and /tmp.
             user: "65534:65534".into(),
             allowed_images: vec![],
+            image_aliases: BTreeMap::new(),
+            pool: PoolSettings::default(),
         }
     }
 }
@@ -277,6 +350,8 @@ impl Default for Settings {
             docker: DockerSettings::default(),
             contexts: ContextSettings::default(),
             preview_domain: None,
+            quotas: BTreeMap::new(),
+            audit: AuditSettings::default(),
         }
     }
 }
@@ -533,6 +608,31 @@ impl Settings {
                 .map(String::from)
                 .collect();
         }
+        if let Some(v) = get("STACYVM_DOCKER_IMAGE_ALIASES") {
+            // `name=target,...`
+            self.docker.image_aliases = v
+                .split(',')
+                .filter(|p| !p.trim().is_empty())
+                .map(|pair| match pair.split_once('=') {
+                    Some((from, to)) => Ok((from.trim().to_string(), to.trim().to_string())),
+                    None => bail!("STACYVM_DOCKER_IMAGE_ALIASES entries must be name=target"),
+                })
+                .collect::<anyhow::Result<_>>()?;
+        }
+        if let Some(v) = get("STACYVM_DOCKER_POOL_IMAGES") {
+            self.docker.pool.images = v
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(String::from)
+                .collect();
+        }
+        if let Some(v) = get("STACYVM_DOCKER_POOL_SIZE") {
+            self.docker.pool.size = num("STACYVM_DOCKER_POOL_SIZE", &v)?;
+        }
+        if let Some(v) = get("STACYVM_AUDIT_RETENTION") {
+            self.audit.retention = dur("STACYVM_AUDIT_RETENTION", &v)?;
+        }
         if let Some(v) = get("STACYVM_PREVIEW_DOMAIN") {
             self.preview_domain = Some(v);
         }
@@ -644,6 +744,7 @@ impl Settings {
         {
             bail!("preview_domain must be a plain domain such as preview.example.com");
         }
+        self.validate_operator_settings()?;
         let mut seen = HashSet::new();
         for key in &self.auth.keys {
             if key.key.expose().len() < 8 {
@@ -657,6 +758,39 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// Quotas, the docker pool, image aliases and the audit log.
+    fn validate_operator_settings(&self) -> anyhow::Result<()> {
+        for (tenant, quota) in self.all_quotas()? {
+            quota.validate(&tenant).map_err(anyhow::Error::msg)?;
+        }
+        let d = &self.docker;
+        for (from, to) in &d.image_aliases {
+            if from.trim().is_empty() || to.trim().is_empty() {
+                bail!("docker.image_aliases must map non-empty names to non-empty images");
+            }
+            if !crate::provider::docker::image_allowed(&d.allowed_images, to) {
+                bail!("docker.image_aliases maps {from:?} to {to:?}, which docker.allowed_images does not match");
+            }
+        }
+        d.pool
+            .validate(&d.allowed_images, &d.image_aliases)
+            .map_err(anyhow::Error::msg)?;
+        self.audit.validate().map_err(anyhow::Error::msg)
+    }
+
+    /// Every tenant's quota: the `[quotas.<tenant>]` tables merged with the
+    /// quota fields of the tenant's key entries.
+    pub fn all_quotas(&self) -> anyhow::Result<BTreeMap<String, TenantQuota>> {
+        let mut all = self.quotas.clone();
+        for (tenant, quota) in &self.auth.quotas {
+            all.entry(tenant.clone())
+                .or_default()
+                .merge(quota, tenant)
+                .map_err(anyhow::Error::msg)?;
+        }
+        Ok(all)
     }
 
     pub fn auth_enabled(&self) -> bool {

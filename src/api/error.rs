@@ -13,6 +13,8 @@ pub enum ApiError {
     BadRequest(String),
     /// 401 `unauthorized`: missing or wrong API key.
     Unauthorized,
+    /// 403 `forbidden`: the key's role does not allow this.
+    Forbidden(String),
     /// 404 `not_found`: unknown sandbox, file or route.
     NotFound(String),
     /// 405 `method_not_allowed`: the route exists, the method does not.
@@ -28,6 +30,11 @@ pub enum ApiError {
     /// 429 `resource_limit`: over a quota; an exec stopped by a limit
     /// carries its partial output.
     ResourceLimit(String, Option<Box<ExecOutput>>),
+    /// 429 `resource_limit` with `Retry-After`: over the tenant's exec rate.
+    RateLimited(String, std::time::Duration),
+    /// 422 `setup_failed`: a template's setup command failed; carries its
+    /// output. The sandbox was destroyed.
+    SetupFailed(Box<crate::sandbox::templates::SetupFailure>),
     /// 502 `bad_gateway`: preview could not reach the port in the sandbox.
     BadGateway(String),
     /// 503 `unavailable`: the provider is not available.
@@ -48,6 +55,13 @@ struct ErrorBody<'a> {
     truncated: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     duration_ms: Option<f64>,
+    /// A failed setup command: which one (1-based), what, and its status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    step: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    command: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_code: Option<i32>,
 }
 
 impl ApiError {
@@ -78,6 +92,8 @@ struct ErrorMessage(String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let mut retry_after = None;
+        let mut setup = None;
         let (status, code, message, partial) = match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m, None),
             ApiError::Unauthorized => (
@@ -86,6 +102,28 @@ impl IntoResponse for ApiError {
                 "a valid X-API-Key header is required".to_string(),
                 None,
             ),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m, None),
+            ApiError::RateLimited(m, wait) => {
+                retry_after = Some(crate::sandbox::quotas::retry_after_secs(wait));
+                (StatusCode::TOO_MANY_REQUESTS, "resource_limit", m, None)
+            }
+            ApiError::SetupFailed(failure) => {
+                let failure = *failure;
+                let partial = ExecOutput {
+                    exit_code: failure.exit_code.unwrap_or(-1),
+                    stdout: failure.stdout,
+                    stderr: failure.stderr,
+                    truncated: failure.truncated,
+                    ..ExecOutput::default()
+                };
+                setup = Some((failure.step, failure.command, failure.exit_code));
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "setup_failed",
+                    failure.message,
+                    Some(Box::new(partial)),
+                )
+            }
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m, None),
             ApiError::MethodNotAllowed(m) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", m, None),
             ApiError::Timeout(m, out) => (StatusCode::REQUEST_TIMEOUT, "timeout", m, Some(out)),
@@ -120,9 +158,20 @@ impl IntoResponse for ApiError {
                 .as_ref()
                 .map(|o| String::from_utf8_lossy(&o.stderr).into_owned()),
             truncated: partial.as_ref().is_some_and(|o| o.truncated),
-            duration_ms: partial.as_ref().map(|o| o.duration.as_secs_f64() * 1000.0),
+            duration_ms: partial
+                .as_ref()
+                .filter(|_| setup.is_none())
+                .map(|o| o.duration.as_secs_f64() * 1000.0),
+            step: setup.as_ref().map(|s| s.0),
+            command: setup.as_ref().map(|s| s.1.clone()),
+            exit_code: setup.as_ref().and_then(|s| s.2),
         };
         let mut response = (status, axum::Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
+        }
         response.extensions_mut().insert(extensions.0);
         response.extensions_mut().insert(extensions.1);
         if let Some(redacted) = redacted {
@@ -153,6 +202,10 @@ impl From<ServiceError> for ApiError {
             ServiceError::BadRequest(m) => ApiError::BadRequest(m),
             ServiceError::ResourceLimit(m) => ApiError::ResourceLimit(m, None),
             ServiceError::Conflict(m) => ApiError::Conflict(m),
+            ServiceError::RateLimited { message, retry_after } => ApiError::RateLimited(message, retry_after),
+            ServiceError::Forbidden(m) => ApiError::Forbidden(m),
+            ServiceError::TemplateNotFound(name) => ApiError::NotFound(format!("template {name} not found")),
+            ServiceError::SetupFailed(failure) => ApiError::SetupFailed(failure),
             ServiceError::Provider(p) => {
                 let message = p.to_string();
                 match p {

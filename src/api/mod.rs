@@ -2,7 +2,9 @@
 //! Handlers parse and check input, call the sandbox service, and map the
 //! result; they never touch wasmtime or Docker.
 
+mod audit;
 mod contexts;
+mod control;
 pub mod error;
 mod events;
 mod exec;
@@ -11,6 +13,7 @@ mod files;
 mod preview;
 mod sandboxes;
 mod system;
+mod templates;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -43,7 +46,10 @@ pub fn router(state: AppState) -> Router {
         .merge(contexts::router())
         .merge(events::router())
         .merge(files::router(state.service.settings().http.file_limit_bytes))
-        .merge(system::router());
+        .merge(system::router())
+        .merge(control::router())
+        .merge(templates::router())
+        .merge(audit::router());
     Router::new()
         .nest("/api/v1", api)
         .fallback(|req: Request| async move {
@@ -55,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), preview::by_host))
         .layer(axum::middleware::from_fn_with_state(state.clone(), redact_details))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), audit::record))
         .layer(axum::middleware::from_fn(catch_panic))
         .layer(axum::middleware::from_fn(log_request))
         .with_state(state)

@@ -16,7 +16,7 @@ use crate::sandbox::{CreateSandbox, ListFilter, Sandbox};
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/sandboxes", post(create).get(list))
+        .route("/sandboxes", post(create).get(list).delete(super::control::prune))
         .route("/sandboxes/{id}", get(get_one).delete(destroy))
         .route("/sandboxes/{id}/extend", post(extend))
         .route("/sandboxes/{id}/logs", get(logs))
@@ -79,7 +79,7 @@ struct CreateBody {
     #[serde(default)]
     metadata: BTreeMap<String, String>,
     owner_id: Option<String>,
-    /// Sent by some clients; templates are not offered, so it must be empty.
+    /// Spawn from this template (see `create`).
     template: Option<String>,
     /// Pure-Python packages to install before the create answers (wasm).
     #[serde(default)]
@@ -91,10 +91,8 @@ async fn create(
     caller: Caller,
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<Response, ApiError> {
-    if body.template.as_deref().is_some_and(|t| !t.is_empty()) {
-        return Err(ApiError::BadRequest(
-            "templates are not supported by this server".into(),
-        ));
+    if let Some(name) = body.template.clone().filter(|t| !t.is_empty()) {
+        return create_from_template(state, caller, name, body).await;
     }
     let owner = match caller.owner {
         Some(o) => Some(o),
@@ -115,6 +113,45 @@ async fn create(
         packages: body.packages,
     };
     let sb = state.service.create(&caller.tenant, req).await?;
+    Ok((StatusCode::CREATED, Json(SandboxView::new(sb, &state))).into_response())
+}
+
+/// A create that names a template spawns it: the template fixes the
+/// provider, image, memory and vcpus, and the body may set `ttl`,
+/// `metadata` (added to the template's) and `owner_id`. A `provider`,
+/// `memory_mb` or `vcpus` that differs from the template's is refused; an
+/// `image` is not looked at, because the StacyVM SDK's `spawn()` sends one
+/// (`alpine:latest`) whether or not the caller chose it.
+async fn create_from_template(
+    state: AppState,
+    caller: Caller,
+    name: String,
+    body: CreateBody,
+) -> Result<Response, ApiError> {
+    let template = state
+        .service
+        .template(&caller.tenant, &name)?
+        .ok_or_else(|| ApiError::NotFound(format!("template {name} not found")))?;
+    let clashes = [
+        (
+            "provider",
+            body.provider.as_ref().is_some_and(|p| *p != template.provider),
+        ),
+        ("memory_mb", body.memory_mb.is_some_and(|m| m != template.memory_mb)),
+        ("vcpus", body.vcpus.is_some_and(|v| v != template.vcpus)),
+    ];
+    if let Some((field, _)) = clashes.iter().find(|(_, clash)| *clash) {
+        return Err(ApiError::BadRequest(format!(
+            "{field} is fixed by template {name}; leave it out or spawn without the template"
+        )));
+    }
+    let owner_id = super::control::owner_of(&caller, body.owner_id.as_deref())?;
+    let overrides = crate::sandbox::templates::SpawnOverrides {
+        ttl: body.ttl,
+        metadata: body.metadata,
+        owner_id,
+    };
+    let sb = state.service.spawn_template(&caller.tenant, &name, overrides).await?;
     Ok((StatusCode::CREATED, Json(SandboxView::new(sb, &state))).into_response())
 }
 

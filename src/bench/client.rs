@@ -108,6 +108,54 @@ impl Api {
         Ok(body["stdout"].as_str().unwrap_or_default().to_string())
     }
 
+    /// Creates (or replaces) a template.
+    pub async fn save_template(&self, template: &Value) -> anyhow::Result<()> {
+        self.send(
+            self.request(reqwest::Method::POST, "/templates").json(template),
+            "save a template",
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_template(&self, name: &str) -> anyhow::Result<()> {
+        self.send(
+            self.request(reqwest::Method::DELETE, &format!("/templates/{name}")),
+            &format!("delete template {name}"),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Spawns a sandbox from a template and returns its id.
+    pub async fn spawn_template(&self, name: &str) -> anyhow::Result<String> {
+        let body = self
+            .send(
+                self.request(reqwest::Method::POST, &format!("/templates/{name}/spawn"))
+                    .json(&json!({})),
+                &format!("spawn template {name}"),
+            )
+            .await?;
+        body["id"]
+            .as_str()
+            .map(str::to_string)
+            .context("the spawn answer has no id")
+    }
+
+    /// Ready and target containers of `image` in the docker warm pool, or
+    /// `None` when the pool does not hold that image.
+    pub async fn pool(&self, image: &str) -> anyhow::Result<Option<(u64, u64)>> {
+        let body = self
+            .send(self.request(reqwest::Method::GET, "/pool/status"), "GET /pool/status")
+            .await?;
+        Ok(body["images"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|i| i["image"] == image)
+            .map(|i| (i["ready"].as_u64().unwrap_or(0), i["target"].as_u64().unwrap_or(0))))
+    }
+
     pub async fn destroy(&self, id: &str) -> anyhow::Result<()> {
         self.send(
             self.request(reqwest::Method::DELETE, &format!("/sandboxes/{id}")),

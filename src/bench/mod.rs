@@ -125,6 +125,36 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             let mut report = measured?;
             stopped?;
 
+            if report.median_ms("docker create").is_some() {
+                eprintln!(
+                    "bench: starting a server with a docker warm pool of {}",
+                    opts.docker_image
+                );
+                let pooled = Launch {
+                    env: vec![
+                        ("STACYVM_DOCKER_POOL_IMAGES".into(), opts.docker_image.clone()),
+                        ("STACYVM_DOCKER_POOL_SIZE".into(), POOL_SIZE.to_string()),
+                    ],
+                    ..launch(3)
+                };
+                let (third, _) = pooled.start().await?;
+                let api = Api::new(&third.url, None)?;
+                let samples = opts.samples.unwrap_or(50);
+                eprintln!(
+                    "bench: docker create served by the warm pool, {} + {samples} times",
+                    opts.warmup
+                );
+                let measured = pooled_creates(&api, &opts.docker_image, opts.warmup, samples).await;
+                let stopped = third.stop().await;
+                if let Some(summary) = measured? {
+                    report.latency.push(Latency {
+                        metric: "docker create (warm pool)".into(),
+                        summary,
+                    });
+                }
+                stopped?;
+            }
+
             eprintln!("bench: starting a fresh server with a warm compile cache");
             let (second, warm_start) = launch(2).start().await?;
             report.warm_start_ms = Some(warm_start.as_secs_f64() * 1e3);
@@ -197,6 +227,11 @@ async fn measure(
     push("wasm create", create);
     push("wasm exec", exec);
     push("wasm destroy", destroy);
+    eprintln!("bench: wasm template spawn (one file, one setup command), {warmup} + {samples} times");
+    push(
+        "wasm template spawn",
+        template_spawns(api, &opts.wasm_image, warmup, samples).await?,
+    );
 
     if let Some(native) = native {
         let samples = opts.samples.unwrap_or(30);
@@ -227,6 +262,26 @@ async fn measure(
                     push("docker create", create);
                     push("docker exec", exec);
                     push("docker destroy", destroy);
+                    // A server bench starts gets its pool later, on a
+                    // server of its own; a `--url` server is measured if
+                    // its pool holds the image.
+                    if opts.url.is_some() {
+                        match api.pool(&opts.docker_image).await? {
+                            Some((_, target)) if target > 0 => {
+                                eprintln!(
+                                    "bench: docker create served by the warm pool, {warmup} + {docker_samples} times"
+                                );
+                                push(
+                                    "docker create (warm pool)",
+                                    pooled_creates(api, &opts.docker_image, warmup, docker_samples).await?,
+                                );
+                            }
+                            _ => notes.push(format!(
+                                "docker create (warm pool) skipped: the server's [docker.pool] does not hold {}",
+                                opts.docker_image
+                            )),
+                        }
+                    }
                 }
                 Err(e) => notes.push(format!("docker skipped: {e:#}")),
             }
@@ -300,6 +355,81 @@ async fn create_destroy(
         }
     }
     Ok((Summary::of(creates), Summary::of(destroys)))
+}
+
+/// Ready containers the pooled server keeps for the docker image.
+const POOL_SIZE: usize = 4;
+/// How long the pool may take to refill before a timed create.
+const REFILL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Times creates that the docker warm pool serves: before each, waits
+/// (untimed) until the pool is full again, so every timed create takes a
+/// ready container rather than racing the refill.
+async fn pooled_creates(api: &Api, image: &str, warmup: usize, samples: usize) -> anyhow::Result<Option<Summary>> {
+    let mut creates = Vec::with_capacity(samples);
+    for i in 0..warmup + samples {
+        let waiting = Instant::now();
+        loop {
+            match api.pool(image).await? {
+                Some((ready, target)) if target > 0 && ready >= target => break,
+                Some(_) => {}
+                None => bail!("the server's warm pool does not hold {image}"),
+            }
+            if waiting.elapsed() > REFILL_TIMEOUT {
+                bail!("the warm pool of {image} did not refill within {REFILL_TIMEOUT:?}; see GET /pool/status");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let started = Instant::now();
+        let id = api.create("docker", image).await?;
+        let create = started.elapsed();
+        api.destroy(&id).await?;
+        if i >= warmup {
+            creates.push(create);
+        }
+    }
+    Ok(Summary::of(creates))
+}
+
+/// The template bench spawns: a plain create plus what a template adds, one
+/// file written and one setup command run.
+const BENCH_TEMPLATE: &str = "stacyvm-bench";
+
+/// Times spawning a wasm sandbox from a template with one file and one
+/// setup command, and destroying it (untimed); removes the template after.
+async fn template_spawns(api: &Api, image: &str, warmup: usize, samples: usize) -> anyhow::Result<Option<Summary>> {
+    api.save_template(&serde_json::json!({
+        "name": BENCH_TEMPLATE,
+        "provider": "wasm",
+        "image": image,
+        "files": [{"path": "data/input.txt", "content": "42\n"}],
+        "setup": ["echo ready > data/ready.txt"],
+    }))
+    .await?;
+    let mut spawns = Vec::with_capacity(samples);
+    let mut outcome = Ok(());
+    for i in 0..warmup + samples {
+        let started = Instant::now();
+        let id = match api.spawn_template(BENCH_TEMPLATE).await {
+            Ok(id) => id,
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        };
+        let spawn = started.elapsed();
+        if let Err(e) = api.destroy(&id).await {
+            outcome = Err(e);
+            break;
+        }
+        if i >= warmup {
+            spawns.push(spawn);
+        }
+    }
+    let deleted = api.delete_template(BENCH_TEMPLATE).await;
+    outcome?;
+    deleted?;
+    Ok(Summary::of(spawns))
 }
 
 /// Times one exec at a time in one sandbox.

@@ -71,6 +71,11 @@ pub struct Density {
 pub struct Ratios {
     pub docker_create_over_wasm_create: Option<f64>,
     pub wasm_exec_over_native_spawn: Option<f64>,
+    /// How many times faster a create the docker warm pool serves is than
+    /// a cold docker create.
+    pub docker_create_over_pooled_docker_create: Option<f64>,
+    /// What a template's files and setup command add to a wasm create.
+    pub wasm_template_spawn_over_wasm_create: Option<f64>,
 }
 
 impl Report {
@@ -86,6 +91,14 @@ impl Report {
         self.ratios = Ratios {
             docker_create_over_wasm_create: ratio(self.median_ms("docker create"), self.median_ms("wasm create")),
             wasm_exec_over_native_spawn: ratio(self.median_ms("wasm exec"), self.median_ms("native spawn")),
+            docker_create_over_pooled_docker_create: ratio(
+                self.median_ms("docker create"),
+                self.median_ms("docker create (warm pool)"),
+            ),
+            wasm_template_spawn_over_wasm_create: ratio(
+                self.median_ms("wasm template spawn"),
+                self.median_ms("wasm create"),
+            ),
         };
     }
 }
@@ -185,6 +198,23 @@ impl fmt::Display for Report {
         if let Some(contexts) = &self.contexts {
             writeln!(out, "\n{contexts}")?;
         }
+        match r.docker_create_over_pooled_docker_create {
+            Some(x) => writeln!(
+                out,
+                "- docker create / docker create (warm pool) = {x:.0}×: the warm pool serves a create {x:.0}× faster than a cold one"
+            ),
+            None => writeln!(
+                out,
+                "- docker create / docker create (warm pool): n/a (docker or its warm pool was not measured)"
+            ),
+        }?;
+        match r.wasm_template_spawn_over_wasm_create {
+            Some(x) => writeln!(
+                out,
+                "- wasm template spawn / wasm create = {x:.2}×: a spawn with one file and one setup command takes {x:.2}× a plain create"
+            ),
+            None => writeln!(out, "- wasm template spawn / wasm create: n/a (not measured)"),
+        }?;
         for note in &self.notes {
             writeln!(out, "\nNote: {note}")?;
         }

@@ -180,6 +180,30 @@ pub struct Capabilities {
     pub network: bool,
 }
 
+/// The figures of a provider's warm pool (`GET /pool/status`).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct PoolStatus {
+    pub images: Vec<PoolImageStatus>,
+    /// Live sandboxes that were served from the pool (in the caller's scope).
+    pub serving: usize,
+    /// Creates the pool served since the server started (in scope).
+    pub served: u64,
+    /// The `memory_mb` of pool containers; creates asking for other
+    /// resources get a new container.
+    pub memory_mb: u64,
+    /// Why the last refill failed, until one succeeds.
+    pub last_error: Option<String>,
+}
+
+/// One pooled image.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct PoolImageStatus {
+    pub image: String,
+    pub ready: usize,
+    pub creating: usize,
+    pub target: usize,
+}
+
 #[async_trait]
 pub trait Provider: Send + Sync {
     fn name(&self) -> &'static str;
@@ -298,5 +322,24 @@ pub trait Provider: Send + Sync {
     /// Code contexts, where the provider offers them.
     fn contexts(&self) -> Option<&dyn contexts::ContextBackend> {
         None
+    }
+    /// The id of a sandbox whose resources are already made and match this
+    /// create (a warm pool), if the provider keeps any: the create must
+    /// then use that id, and [`Provider::create`] finds it ready.
+    fn take_ready(&self, _image: &str, _memory_mb: u64, _vcpus: u32) -> Option<crate::sandbox::id::SandboxId> {
+        None
+    }
+
+    /// The warm pool's figures, if the provider has a pool; `scope` limits
+    /// the per-tenant counts to one tenant.
+    fn pool_status(&self, _scope: Option<&crate::sandbox::id::TenantId>) -> Option<PoolStatus> {
+        None
+    }
+
+    /// Whether `image` (already resolved) can be created from without
+    /// fetching anything: None when it can, or a note on what a create
+    /// would have to do first.
+    async fn check_image(&self, _image: &str) -> Result<Option<String>, ProviderError> {
+        Ok(None)
     }
 }

@@ -187,6 +187,24 @@ pub fn write_atomically(dest: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The fetched image of `manifest` in `image_dir` if it is there and its
+/// SHA-256 is the pinned one (what `stacyvm doctor` checks).
+pub fn check_fetched(manifest: &ImageManifest, image_dir: &Path) -> anyhow::Result<PathBuf> {
+    let path = image_dir.join(format!("{}.wasm", manifest.name));
+    if !path.exists() {
+        bail!("{} is missing", path.display());
+    }
+    let got = sha256_file(&path)?;
+    if got != manifest.wasm_sha256 {
+        bail!(
+            "{} has SHA-256 {got}, not the pinned {}",
+            path.display(),
+            manifest.wasm_sha256
+        );
+    }
+    Ok(path)
+}
+
 /// The SHA-256 of a file. Image files are hashed at every start and by
 /// every server a process starts (each test starts one), and the largest are
 /// hundreds of megabytes, so a digest is remembered for the process against

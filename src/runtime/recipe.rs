@@ -100,6 +100,25 @@ fn existing(dir: &Path, recipe_sha: &str) -> Option<BuiltImage> {
     })
 }
 
+/// The built image of `manifest` in `image_dir` if it is there, intact,
+/// and built from the recipe in this binary (what `stacyvm doctor` checks).
+pub fn check_built(manifest: &ImageManifest, image_dir: &Path) -> anyhow::Result<BuiltImage> {
+    let recipe = manifest.build.as_deref().context("the image has no build recipe")?;
+    let dir = image_dir.join(&manifest.name);
+    existing(&dir, &digest(recipe)?).with_context(|| {
+        format!(
+            "{} holds no build of the current recipe whose hash matches its build.json",
+            dir.display()
+        )
+    })
+}
+
+/// Whether the recipe of `manifest` is a Cargo project (built with cargo
+/// for wasm32-wasip1) rather than a Python `build.py`.
+pub fn is_cargo_recipe(manifest: &ImageManifest) -> bool {
+    manifest.build.as_deref().is_some_and(|r| is_cargo(r).unwrap_or(false))
+}
+
 /// The built image of `manifest` in `image_dir`, building it with `python`
 /// (default `python3`) if it is missing or stale, but never when `offline`.
 pub async fn ensure_built(

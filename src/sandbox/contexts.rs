@@ -192,7 +192,13 @@ impl SandboxService {
             Err(e) => Err(ProviderError::Conflict(e.to_string())),
         };
         if !matches!(result, Err(ProviderError::NotFound(_))) {
-            self.record_exec(&sb, &format!("context {ctx} run"), started.elapsed(), &as_exec);
+            self.record_exec(
+                &sb,
+                &format!("context {ctx} run"),
+                &super::audit::current_actor(),
+                started.elapsed(),
+                &as_exec,
+            );
         }
         result.map_err(|e| self.vanished(&sb, e))
     }
@@ -241,12 +247,20 @@ impl SandboxService {
     ) -> Result<Sandbox, ServiceError> {
         let (parent, backend) = self.context_target(tenant, id)?;
         let ttl = match ttl {
-            Some(t) => self.parse_ttl(t)?,
-            None => self.settings.sandbox.default_ttl,
+            Some(t) => self.parse_ttl(tenant, t)?,
+            None => self.settings.sandbox.default_ttl.min(self.limits(tenant).max_ttl),
         };
         let metadata = metadata.unwrap_or_else(|| parent.metadata.clone());
         super::validate_metadata(&metadata)?;
-        let _slot = self.admit_create(tenant)?;
+        let _reservation = self
+            .quotas
+            .reserve(
+                tenant,
+                &self.limits(tenant),
+                || self.held(tenant),
+                self.wanted(parent.memory_mb),
+            )
+            .map_err(ServiceError::ResourceLimit)?;
         let now = SystemTime::now();
         let child = Sandbox {
             id: SandboxId::generate(),

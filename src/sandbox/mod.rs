@@ -1,11 +1,15 @@
 //! Sandboxes: the service the API calls, the registry, TTL reaping, tenancy.
 
+pub mod audit;
 pub mod contexts;
+pub mod control;
 pub mod events;
 pub mod id;
 pub mod metrics;
 pub mod path;
+pub mod quotas;
 pub mod registry;
+pub mod templates;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -73,6 +77,17 @@ pub enum ServiceError {
     ResourceLimit(String),
     #[error("{0}")]
     Conflict(String),
+    /// Over the tenant's exec rate: try again after `retry_after`.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after: Duration },
+    /// The caller's role does not allow this.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("template {0} not found")]
+    TemplateNotFound(String),
+    /// A template's setup failed; the sandbox was destroyed.
+    #[error("{}", .0.message)]
+    SetupFailed(Box<templates::SetupFailure>),
     #[error(transparent)]
     Provider(#[from] ProviderError),
 }
@@ -109,6 +124,8 @@ pub struct PreparedExec {
     provider: Arc<dyn Provider>,
     spec: ExecSpec,
     summary: String,
+    /// Who asked, for the audit log (the exec may end in another task).
+    actor: audit::Actor,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -124,6 +141,7 @@ struct ExecRecord<'a> {
     service: &'a SandboxService,
     sandbox: &'a Sandbox,
     summary: &'a str,
+    actor: &'a audit::Actor,
     started: std::time::Instant,
     done: bool,
 }
@@ -132,7 +150,7 @@ impl ExecRecord<'_> {
     fn finish(&mut self, result: &Result<ExecOutput, ProviderError>) {
         self.done = true;
         self.service
-            .record_exec(self.sandbox, self.summary, self.started.elapsed(), result);
+            .record_exec(self.sandbox, self.summary, self.actor, self.started.elapsed(), result);
     }
 }
 
@@ -141,8 +159,13 @@ impl Drop for ExecRecord<'_> {
         if !self.done {
             self.done = true;
             let took = self.started.elapsed();
-            self.service
-                .record_exec(self.sandbox, self.summary, took, &Err(ProviderError::Cancelled));
+            self.service.record_exec(
+                self.sandbox,
+                self.summary,
+                self.actor,
+                took,
+                &Err(ProviderError::Cancelled),
+            );
         }
     }
 }
@@ -160,10 +183,12 @@ pub struct SandboxService {
     history: Mutex<HashMap<SandboxId, VecDeque<String>>>,
     events: events::EventBus,
     metrics: metrics::Metrics,
-    /// Creates under way per tenant: counted with the tenant's sandboxes
-    /// from the moment a create is admitted, so that parallel creates
-    /// (a docker create may pull an image for seconds) cannot pass the quota.
-    creating: Mutex<HashMap<TenantId, usize>>,
+    /// Per-tenant quotas, with what creates under way reserve: counted
+    /// with the tenant's sandboxes from the moment a create is admitted, so
+    /// that parallel creates (a docker create may pull an image for
+    /// seconds) cannot pass the quota.
+    quotas: quotas::QuotaBook,
+    audit: audit::AuditLog,
     /// Held while a sandbox's default code context is looked up or created.
     default_contexts: tokio::sync::Mutex<()>,
 }
@@ -175,25 +200,6 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A tenant's admitted create; gives its place back when dropped, whether
-/// the create succeeded, failed, or its request was abandoned.
-struct CreateSlot<'a> {
-    creating: &'a Mutex<HashMap<TenantId, usize>>,
-    tenant: TenantId,
-}
-
-impl Drop for CreateSlot<'_> {
-    fn drop(&mut self) {
-        let mut creating = lock(self.creating);
-        if let Some(n) = creating.get_mut(&self.tenant) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                creating.remove(&self.tenant);
-            }
-        }
-    }
-}
-
 impl SandboxService {
     /// Opens the registry and reconciles it with what the providers hold:
     /// entries whose resources are gone are dropped, resources with no entry
@@ -201,15 +207,17 @@ impl SandboxService {
     pub async fn start(settings: Arc<Settings>, providers: Vec<Arc<dyn Provider>>) -> anyhow::Result<SandboxService> {
         std::fs::create_dir_all(&settings.data_dir)?;
         let (registry, loaded) = SandboxRegistry::open(&settings.data_dir.join("registry.db"))?;
+        templates::create_table(&registry)?;
         let providers: HashMap<_, _> = providers.into_iter().map(|p| (p.name(), p)).collect();
         let service = SandboxService {
             registry,
             providers,
+            quotas: quotas::QuotaBook::new(settings.all_quotas()?),
+            audit: audit::AuditLog::open(&settings.data_dir.join("audit.db"), &settings.audit)?,
             settings,
             history: Mutex::default(),
             events: events::EventBus::new(),
             metrics: metrics::Metrics::default(),
-            creating: Mutex::default(),
             default_contexts: tokio::sync::Mutex::new(()),
         };
         let mut kept = vec![];
@@ -313,9 +321,9 @@ impl SandboxService {
         self.providers.values().any(|p| p.status().available)
     }
 
-    fn parse_ttl(&self, ttl: &str) -> Result<Duration, ServiceError> {
+    fn parse_ttl(&self, tenant: &TenantId, ttl: &str) -> Result<Duration, ServiceError> {
         let ttl = duration::parse_positive(ttl).map_err(|e| ServiceError::BadRequest(e.to_string()))?;
-        let max = self.settings.sandbox.max_ttl;
+        let max = self.limits(tenant).max_ttl;
         if ttl > max {
             return Err(ServiceError::ResourceLimit(format!(
                 "ttl {} is above the maximum of {}",
@@ -326,13 +334,58 @@ impl SandboxService {
         Ok(ttl)
     }
 
+    /// The tenant's effective limits: its quota over the server-wide ones.
+    pub fn limits(&self, tenant: &TenantId) -> quotas::Limits {
+        let q = self.quotas.quota(tenant);
+        quotas::Limits {
+            max_sandboxes: q.max_sandboxes.unwrap_or(self.settings.sandbox.max_per_tenant),
+            max_memory_mb: q.max_memory_mb,
+            max_execs_per_minute: q.max_execs_per_minute,
+            max_disk_mb: q.max_disk_mb,
+            max_ttl: q.max_ttl.unwrap_or(self.settings.sandbox.max_ttl),
+            max_exec_timeout: q.max_exec_timeout.unwrap_or(self.settings.exec.max_timeout),
+            configured: !q.is_empty(),
+        }
+    }
+
+    /// What the tenant's live sandboxes hold: their number, memory and disk.
+    pub fn held(&self, tenant: &TenantId) -> quotas::Usage {
+        let disk_mb = self.settings.sandbox.disk_quota_mb;
+        self.registry.fold(quotas::Usage::default(), |usage, sb| {
+            if &sb.tenant != tenant {
+                return usage;
+            }
+            usage.plus(quotas::Usage {
+                sandboxes: 1,
+                memory_mb: sb.memory_mb,
+                disk_mb,
+            })
+        })
+    }
+
     pub async fn create(&self, tenant: &TenantId, req: CreateSandbox) -> Result<Sandbox, ServiceError> {
+        let owner = req.owner_id.as_ref().map(|o| o.as_str().to_string());
+        let result = self.create_sandbox(tenant, req).await;
+        let entry = match &result {
+            Ok(sb) => audit::Entry::new("sandbox.create", "ok")
+                .sandbox(sb.id.as_str())
+                .subject(format!("{} {}", sb.provider, sb.image)),
+            Err(e) => audit::Entry::new("sandbox.create", audit_outcome(e)),
+        };
+        self.audit(entry.tenant(tenant.as_str()).owner(owner.as_deref()));
+        result
+    }
+
+    /// Every check a create makes before any provider work: the provider,
+    /// TTL, resources, metadata and image. Shared with admission.
+    fn plan_create(&self, tenant: &TenantId, req: &CreateSandbox) -> Result<CreatePlan, ServiceError> {
         let s = &self.settings.sandbox;
         let provider_name = req.provider.as_deref().unwrap_or(&self.settings.providers.default);
         let provider = self.provider(provider_name)?.clone();
+        let max_ttl = self.limits(tenant).max_ttl;
         let ttl = match &req.ttl {
-            Some(t) => self.parse_ttl(t)?,
-            None => s.default_ttl,
+            Some(t) => self.parse_ttl(tenant, t)?,
+            None => s.default_ttl.min(max_ttl),
         };
         let memory_mb = req.memory_mb.unwrap_or(s.default_memory_mb);
         if memory_mb == 0 {
@@ -362,10 +415,49 @@ impl SandboxService {
         validate_metadata(&req.metadata)?;
         let image = provider.resolve_image(req.image.as_deref())?;
         provider.check_packages(&image, &req.packages)?;
-        let _slot = self.admit_create(tenant)?;
+        Ok(CreatePlan {
+            provider,
+            ttl,
+            memory_mb,
+            vcpus,
+            image,
+        })
+    }
+
+    /// What a create reserves against the tenant's quota.
+    fn wanted(&self, memory_mb: u64) -> quotas::Usage {
+        quotas::Usage {
+            sandboxes: 1,
+            memory_mb,
+            disk_mb: self.settings.sandbox.disk_quota_mb,
+        }
+    }
+
+    async fn create_sandbox(&self, tenant: &TenantId, req: CreateSandbox) -> Result<Sandbox, ServiceError> {
+        let CreatePlan {
+            provider,
+            ttl,
+            memory_mb,
+            vcpus,
+            image,
+        } = self.plan_create(tenant, &req)?;
+        let _reservation = self
+            .quotas
+            .reserve(
+                tenant,
+                &self.limits(tenant),
+                || self.held(tenant),
+                self.wanted(memory_mb),
+            )
+            .map_err(ServiceError::ResourceLimit)?;
         let now = SystemTime::now();
+        // A warm pool's ready resources come with their id; nothing may fail
+        // between taking them and the provider's create, which claims them.
+        let id = provider
+            .take_ready(&image, memory_mb, vcpus)
+            .unwrap_or_else(SandboxId::generate);
         let sandbox = Sandbox {
-            id: SandboxId::generate(),
+            id,
             tenant: tenant.clone(),
             state: SandboxState::Running,
             provider: provider.name().to_string(),
@@ -409,23 +501,14 @@ impl SandboxService {
         Ok(sandbox)
     }
 
-    /// Counts a create against the tenant's quota before any provider work
-    /// is awaited: the tenant's sandboxes plus its creates under way.
-    fn admit_create(&self, tenant: &TenantId) -> Result<CreateSlot<'_>, ServiceError> {
-        let max = self.settings.sandbox.max_per_tenant;
-        let mut creating = lock(&self.creating);
-        let under_way = creating.get(tenant).copied().unwrap_or(0);
-        let live = self.registry.count(|sb| &sb.tenant == tenant);
-        if live.saturating_add(under_way) >= max {
-            return Err(ServiceError::ResourceLimit(format!(
-                "this tenant already has the maximum of {max} sandboxes"
-            )));
-        }
-        *creating.entry(tenant.clone()).or_default() += 1;
-        Ok(CreateSlot {
-            creating: &self.creating,
-            tenant: tenant.clone(),
-        })
+    /// Queues an audit entry.
+    pub fn audit(&self, entry: audit::Entry) {
+        self.audit.record(entry);
+    }
+
+    /// The audit log, for queries.
+    pub fn audit_log(&self) -> &audit::AuditLog {
+        &self.audit
     }
 
     /// The sandbox, if it exists and belongs to `tenant`; another tenant's
@@ -452,7 +535,16 @@ impl SandboxService {
     /// is already destroyed.
     pub async fn destroy(&self, tenant: &TenantId, id: &str) -> Result<(), ServiceError> {
         match self.get(tenant, id) {
-            Ok(sb) => self.destroy_sandbox(&sb, "sandbox.destroyed").await,
+            Ok(sb) => {
+                let result = self.destroy_sandbox(&sb, "sandbox.destroyed").await;
+                self.audit(
+                    audit::Entry::new("sandbox.destroy", outcome_of(&result))
+                        .tenant(tenant.as_str())
+                        .owner(sb.owner_id.as_deref())
+                        .sandbox(sb.id.as_str()),
+                );
+                result
+            }
             Err(_) => Ok(()),
         }
     }
@@ -472,7 +564,7 @@ impl SandboxService {
 
     pub fn extend(&self, tenant: &TenantId, id: &str, ttl: &str) -> Result<Sandbox, ServiceError> {
         let mut sb = self.get(tenant, id)?;
-        let ttl = self.parse_ttl(ttl)?;
+        let ttl = self.parse_ttl(tenant, ttl)?;
         sb.expires_at = SystemTime::now() + ttl;
         self.registry.put(&sb).map_err(ProviderError::Internal)?;
         Ok(sb)
@@ -513,20 +605,43 @@ impl SandboxService {
     /// Checks an exec request against the sandbox and the limits, before
     /// anything runs, so that a streaming answer can still carry the status.
     pub fn prepare_exec(&self, tenant: &TenantId, id: &str, req: ExecRequest) -> Result<PreparedExec, ServiceError> {
+        let summary = summarize(&req.command, &req.args);
+        let prepared = self.check_exec(tenant, id, req, true);
+        if let Err(e) = &prepared {
+            self.audit(
+                audit::Entry::new("exec", audit_outcome(e))
+                    .tenant(tenant.as_str())
+                    .sandbox(id)
+                    .subject(summary),
+            );
+        }
+        prepared
+    }
+
+    /// The checks of [`Self::prepare_exec`]; `counted` charges the exec to
+    /// the tenant's exec rate (a template's setup commands are not).
+    fn check_exec(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        req: ExecRequest,
+        counted: bool,
+    ) -> Result<PreparedExec, ServiceError> {
         let sb = self.get(tenant, id)?;
         if sb.state != SandboxState::Running {
             return Err(ServiceError::Conflict(format!("sandbox {} is not running", sb.id)));
         }
-        let e = &self.settings.exec;
+        let limits = self.limits(tenant);
+        let max_timeout = limits.max_exec_timeout;
         let timeout = match req.timeout.as_deref() {
             Some(t) => duration::parse_positive(t).map_err(|e| ServiceError::BadRequest(e.to_string()))?,
-            None => e.default_timeout,
+            None => self.settings.exec.default_timeout.min(max_timeout),
         };
-        if timeout > e.max_timeout {
+        if timeout > max_timeout {
             return Err(ServiceError::ResourceLimit(format!(
                 "timeout {} is above the maximum of {}",
                 duration::format(timeout),
-                duration::format(e.max_timeout)
+                duration::format(max_timeout)
             )));
         }
         if req.command.trim().is_empty() {
@@ -543,6 +658,16 @@ impl SandboxService {
             .map_err(|e| ServiceError::BadRequest(format!("workdir: {e}")))?;
         let provider = self.provider(&sb.provider)?.clone();
         let summary = summarize(&req.command, &req.args);
+        if counted && let Err(wait) = self.quotas.take_exec(tenant, &limits, std::time::Instant::now()) {
+            return Err(ServiceError::RateLimited {
+                message: format!(
+                    "this tenant may start {} execs a minute; try again in {} s",
+                    wait.limit,
+                    quotas::retry_after_secs(wait.retry_after)
+                ),
+                retry_after: wait.retry_after,
+            });
+        }
         let spec = ExecSpec {
             mode: req.mode,
             command: req.command,
@@ -557,6 +682,7 @@ impl SandboxService {
             provider,
             spec,
             summary,
+            actor: audit::current_actor(),
         })
     }
 
@@ -567,6 +693,7 @@ impl SandboxService {
             provider,
             spec,
             summary,
+            actor,
         } = prepared;
         // If this future is dropped before the exec ends (the client hung
         // up), the provider is told to stop the command, and the exec is
@@ -576,6 +703,7 @@ impl SandboxService {
             service: self,
             sandbox: &sb,
             summary: &summary,
+            actor: &actor,
             started: std::time::Instant::now(),
             done: false,
         };
@@ -586,7 +714,14 @@ impl SandboxService {
     }
 
     /// Counts, publishes and logs how an exec ended.
-    fn record_exec(&self, sb: &Sandbox, summary: &str, took: Duration, result: &Result<ExecOutput, ProviderError>) {
+    fn record_exec(
+        &self,
+        sb: &Sandbox,
+        summary: &str,
+        actor: &audit::Actor,
+        took: Duration,
+        result: &Result<ExecOutput, ProviderError>,
+    ) {
         let outcome = match result {
             Ok(_) => "completed",
             Err(ProviderError::Timeout { .. }) => "timeout",
@@ -611,6 +746,25 @@ impl SandboxService {
             Err(ProviderError::Timeout { .. }) => "timed out".into(),
             Err(e) => format!("failed: {e}"),
         };
+        let audited = match result {
+            Ok(out) => format!("exit {}", out.exit_code),
+            Err(ProviderError::Timeout { .. }) => "timeout".into(),
+            Err(ProviderError::FuelExhausted { .. }) => "cpu_limit".into(),
+            Err(ProviderError::MemoryLimit { .. }) => "memory_limit".into(),
+            Err(ProviderError::Cancelled) => "cancelled: the client disconnected".into(),
+            // The reason can name the daemon's address, which users may not read.
+            Err(ProviderError::Unavailable(_)) => "unavailable".into(),
+            Err(ProviderError::Internal(_)) => "internal".into(),
+            Err(e) => format!("failed: {e}"),
+        };
+        self.audit(audit::Entry {
+            key_id: actor.key_id.clone(),
+            ..audit::Entry::new("exec", audited)
+                .tenant(sb.tenant.as_str())
+                .owner(sb.owner_id.as_deref())
+                .sandbox(sb.id.as_str())
+                .subject(summary)
+        });
         let now = humantime::format_rfc3339_seconds(SystemTime::now());
         self.record(&sb.id, format!("{now} exec {summary}: {outcome}"));
     }
@@ -675,10 +829,16 @@ impl SandboxService {
         data: Vec<u8>,
         mode: u32,
     ) -> Result<(), ServiceError> {
-        let (sb, p) = self.files(tenant, id)?;
-        p.write_file(&sb, &parse_path(path)?, data, mode)
-            .await
-            .map_err(|e| self.vanished(&sb, e))
+        let size = data.len();
+        let result = async {
+            let (sb, p) = self.files(tenant, id)?;
+            p.write_file(&sb, &parse_path(path)?, data, mode)
+                .await
+                .map_err(|e| self.vanished(&sb, e))
+        }
+        .await;
+        self.audit_file(tenant, id, "file.write", format!("{path} ({size} bytes)"), &result);
+        result
     }
     pub async fn read_file(&self, tenant: &TenantId, id: &str, path: &str) -> Result<Vec<u8>, ServiceError> {
         let (sb, p) = self.files(tenant, id)?;
@@ -693,10 +853,15 @@ impl SandboxService {
         path: &str,
         recursive: bool,
     ) -> Result<(), ServiceError> {
-        let (sb, p) = self.files(tenant, id)?;
-        p.delete_file(&sb, &parse_path(path)?, recursive)
-            .await
-            .map_err(|e| self.vanished(&sb, e))
+        let result = async {
+            let (sb, p) = self.files(tenant, id)?;
+            p.delete_file(&sb, &parse_path(path)?, recursive)
+                .await
+                .map_err(|e| self.vanished(&sb, e))
+        }
+        .await;
+        self.audit_file(tenant, id, "file.delete", path.to_string(), &result);
+        result
     }
     pub async fn list_files(&self, tenant: &TenantId, id: &str, path: &str) -> Result<Vec<FileEntry>, ServiceError> {
         let (sb, p) = self.files(tenant, id)?;
@@ -711,17 +876,27 @@ impl SandboxService {
             .map_err(|e| self.vanished(&sb, e))
     }
     pub async fn move_file(&self, tenant: &TenantId, id: &str, from: &str, to: &str) -> Result<(), ServiceError> {
-        let (sb, p) = self.files(tenant, id)?;
-        p.move_file(&sb, &parse_path(from)?, &parse_path(to)?)
-            .await
-            .map_err(|e| self.vanished(&sb, e))
+        let result = async {
+            let (sb, p) = self.files(tenant, id)?;
+            p.move_file(&sb, &parse_path(from)?, &parse_path(to)?)
+                .await
+                .map_err(|e| self.vanished(&sb, e))
+        }
+        .await;
+        self.audit_file(tenant, id, "file.move", format!("{from} -> {to}"), &result);
+        result
     }
     pub async fn chmod_file(&self, tenant: &TenantId, id: &str, path: &str, mode: &str) -> Result<(), ServiceError> {
-        let (sb, p) = self.files(tenant, id)?;
-        let mode = parse_mode(mode)?;
-        p.chmod_file(&sb, &parse_path(path)?, mode)
-            .await
-            .map_err(|e| self.vanished(&sb, e))
+        let result = async {
+            let (sb, p) = self.files(tenant, id)?;
+            let mode = parse_mode(mode)?;
+            p.chmod_file(&sb, &parse_path(path)?, mode)
+                .await
+                .map_err(|e| self.vanished(&sb, e))
+        }
+        .await;
+        self.audit_file(tenant, id, "file.chmod", format!("{path} {mode}"), &result);
+        result
     }
     pub async fn glob(&self, tenant: &TenantId, id: &str, pattern: &str) -> Result<Vec<String>, ServiceError> {
         let (sb, p) = self.files(tenant, id)?;
@@ -731,6 +906,73 @@ impl SandboxService {
         p.glob(&sb, &pattern.to_string())
             .await
             .map_err(|e| self.vanished(&sb, e))
+    }
+}
+
+impl SandboxService {
+    fn audit_file(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        action: &str,
+        subject: String,
+        result: &Result<(), ServiceError>,
+    ) {
+        let owner = self.get(tenant, id).ok().and_then(|sb| sb.owner_id);
+        self.audit(
+            audit::Entry::new(action, outcome_of(result))
+                .tenant(tenant.as_str())
+                .owner(owner.as_deref())
+                .sandbox(id)
+                .subject(subject),
+        );
+    }
+}
+
+/// A create's checked parameters.
+struct CreatePlan {
+    provider: Arc<dyn Provider>,
+    ttl: Duration,
+    memory_mb: u64,
+    vcpus: u32,
+    image: String,
+}
+
+/// `ok`, or what the failure answers, for the audit log.
+fn outcome_of<T>(result: &Result<T, ServiceError>) -> String {
+    match result {
+        Ok(_) => "ok".into(),
+        Err(e) => audit_outcome(e),
+    }
+}
+
+fn audit_outcome(e: &ServiceError) -> String {
+    let kind = match e {
+        ServiceError::SandboxNotFound(_) | ServiceError::TemplateNotFound(_) => "not_found",
+        ServiceError::BadRequest(_) => "bad_request",
+        ServiceError::ResourceLimit(_) | ServiceError::RateLimited { .. } => "resource_limit",
+        ServiceError::Conflict(_) => "conflict",
+        ServiceError::Forbidden(_) => "forbidden",
+        ServiceError::SetupFailed(_) => "setup_failed",
+        ServiceError::Provider(p) => match p {
+            ProviderError::NotFound(_) => "not_found",
+            ProviderError::Unavailable(_) => "unavailable",
+            ProviderError::Unsupported(_) => "unsupported",
+            ProviderError::InvalidInput(_) => "bad_request",
+            ProviderError::Conflict(_) => "conflict",
+            ProviderError::QuotaExceeded(_)
+            | ProviderError::FuelExhausted { .. }
+            | ProviderError::MemoryLimit { .. } => "resource_limit",
+            ProviderError::Timeout { .. } => "timeout",
+            ProviderError::Cancelled => "cancelled",
+            ProviderError::Internal(_) => "internal",
+        },
+    };
+    // Internal details stay in the server log, and why a provider is
+    // unavailable can name the daemon's address.
+    match e {
+        ServiceError::Provider(ProviderError::Internal(_) | ProviderError::Unavailable(_)) => kind.to_string(),
+        _ => format!("{kind}: {e}"),
     }
 }
 

@@ -88,6 +88,22 @@ impl SandboxRegistry {
             .collect()
     }
 
+    /// Folds over every entry without cloning any.
+    pub fn fold<T>(&self, init: T, f: impl Fn(T, &Sandbox) -> T) -> T {
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .fold(init, f)
+    }
+
+    /// Runs `f` on the registry's database, for the tables other modules
+    /// keep beside the sandboxes (templates); one connection, so writes
+    /// never contend.
+    pub fn with_db<R>(&self, f: impl FnOnce(&Connection) -> R) -> R {
+        f(&self.db.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
     pub fn count(&self, keep: impl Fn(&Sandbox) -> bool) -> usize {
         self.live
             .lock()

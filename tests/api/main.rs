@@ -1,21 +1,31 @@
 //! Black-box tests: the real server on port 0, real wasmtime running the
 //! real CPython image, real HTTP over loopback.
 
+mod admission;
+mod audit;
+mod cli;
 mod contexts;
 mod data;
 mod docker;
+mod doctor;
 mod events;
 mod exec;
 mod files;
 mod hardening;
 mod helpers;
 mod limits;
+mod ops;
 mod packages;
+mod pool;
+mod provider_test;
+mod prune;
 mod python;
 mod quickjs;
+mod quotas;
 mod restart;
 mod sandboxes;
 mod schemathesis;
 mod sdk;
 mod shell;
+mod templates;
 mod utilities;

@@ -12,6 +12,7 @@ mod docker;
 mod helpers;
 mod packages;
 mod random;
+mod sdk;
 #[allow(dead_code)]
 mod support;
 mod utilities;

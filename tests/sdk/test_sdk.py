@@ -137,3 +137,73 @@ def test_errors_carry_the_server_code():
         with pytest.raises(StacyVMError) as err:
             client.spawn(image="python:3.12", provider="wasm", ttl="forever")
     assert err.value.code == "bad_request"
+
+
+def test_admission_answers_without_creating_anything():
+    with Client(URL) as client:
+        before = {s.id for s in client.list()}
+        decision = client.admission(image="python:3.14", provider="wasm", ttl="10m")
+        assert (decision.allowed, decision.queueable, decision.reason) == (True, False, "")
+        assert decision.max_sandboxes > 0
+        assert decision.max_ttl == "24h0m0s"
+        refused = client.admission(image="python:3.14", provider="wasm", ttl="1000h")
+        assert not refused.allowed
+        assert refused.reason == "ttl 1000h0m0s is above the maximum of 24h0m0s"
+        assert {s.id for s in client.list()} == before
+
+
+def test_templates_are_saved_listed_read_spawned_and_deleted():
+    from stacyvm import Template
+
+    with Client(URL) as client:
+        saved = client.templates.save(
+            Template(name="sdk-py", image="python:3.14", memory_mb=256, ttl="5m", provider="wasm",
+                     metadata={"from": "sdk"})
+        )
+        assert (saved.name, saved.image, saved.memory_mb, saved.ttl, saved.provider) == (
+            "sdk-py", "python:3.14", 256, "5m0s", "wasm")
+        assert "sdk-py" in [t.name for t in client.templates.list()]
+        assert client.templates.get("sdk-py").metadata == {"from": "sdk"}
+        with client.spawn_template("sdk-py") as sb:
+            assert sb.image == "python:3.14"
+            assert sb.exec('python3 -c "print(1)"').stdout == "1\n"
+        # spawn(template=...) sends the SDK's default image too; the template's wins.
+        with client.spawn(template="sdk-py") as sb:
+            assert sb.image == "python:3.14"
+            assert client.get(sb.id)._info["metadata"] == {"from": "sdk", "template": "sdk-py"}
+        client.templates.delete("sdk-py")
+        with pytest.raises(SandboxNotFound):
+            client.templates.get("sdk-py")
+        with pytest.raises(SandboxNotFound):
+            client.spawn_template("sdk-py")
+
+
+def test_prune_destroys_the_callers_sandboxes():
+    with Client(URL) as client:
+        spawned = [client.spawn(image="python:3.14", provider="wasm") for _ in range(2)]
+        assert client.prune() >= 2
+        for sb in spawned:
+            with pytest.raises(SandboxNotFound):
+                client.get(sb.id)
+        assert client.prune() == 0
+
+
+def test_pool_status_and_quota_summary_answer_in_the_sdks_shape():
+    from stacyvm import QuotaSummary
+
+    with Client(URL) as client:
+        status = client.pool_status()
+        assert status["enabled"] is False
+        assert (status["vms"], status["max_vms"], status["images"]) == (0, 0, [])
+        summary = client.quota_summary()
+        assert summary == QuotaSummary(total=0, with_max_sandboxes=0, with_max_ttl=0, with_max_exec_timeout=0)
+
+
+def test_the_provider_manager_tests_each_providers_health():
+    from stacyvm.providers import ProviderManager
+
+    with Client(URL) as client:
+        manager = ProviderManager(client._http)
+        listed = {p["name"]: p["available"] for p in manager.list()}
+        assert manager.test() == listed
+        assert manager.test()["wasm"] is True

@@ -19,6 +19,7 @@ mod connection;
 mod exec;
 mod files;
 mod glob;
+pub mod pool;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -51,6 +52,8 @@ const LABEL_SANDBOX: &str = "stacyvm.sandbox";
 const LABEL_TENANT: &str = "stacyvm.tenant";
 const LABEL_INSTANCE: &str = "stacyvm.instance";
 const LABEL_DATA_DIR: &str = "stacyvm.data_dir";
+/// On warm-pool containers (see `pool`), whose tenant is not known yet.
+const LABEL_POOL: &str = "stacyvm.pool";
 
 /// Keeps the container alive doing nothing; docker-init (`init: true`) is
 /// PID 1 and reaps whatever the execs leave behind.
@@ -69,7 +72,15 @@ const PULL_TIMEOUT: Duration = Duration::from_secs(60);
 /// daemon the provider lists itself unavailable, with the reason, until the
 /// recheck task finds one.
 pub async fn start(settings: &Settings) -> Arc<dyn Provider> {
-    Arc::new(DockerProvider::new(settings).await)
+    let provider = Arc::new(DockerProvider::new(settings).await);
+    if let Some(warm) = &provider.pool {
+        tokio::spawn(pool::refill(
+            Arc::downgrade(&provider),
+            warm.clone(),
+            settings.docker.recheck_interval,
+        ));
+    }
+    provider
 }
 
 /// The user commands and file operations run as, from `docker.user`.
@@ -159,6 +170,10 @@ pub struct DockerProvider {
     disk_quota_mb: u64,
     /// One of the `SIZE_LIMIT_*` values.
     size_limit: AtomicU8,
+    /// `docker.image_aliases`.
+    image_aliases: std::collections::BTreeMap<String, String>,
+    /// Ready containers for fast creates, when `[docker.pool]` lists images.
+    pool: Option<Arc<pool::WarmPool>>,
 }
 
 impl DockerProvider {
@@ -186,6 +201,8 @@ impl DockerProvider {
             allowed_images: d.allowed_images.clone(),
             disk_quota_mb: settings.sandbox.disk_quota_mb,
             size_limit: AtomicU8::new(SIZE_LIMIT_UNKNOWN),
+            image_aliases: d.image_aliases.clone(),
+            pool: pool::WarmPool::new(&d.pool, &d.image_aliases, settings.sandbox.default_memory_mb),
         }
     }
 
@@ -261,13 +278,16 @@ impl DockerProvider {
         )))
     }
 
-    fn create_body(&self, sandbox: &Sandbox, size_limit: bool) -> ContainerCreateBody {
-        let labels = HashMap::from([
+    fn create_body(&self, sandbox: &Sandbox, size_limit: bool, pooled: bool) -> ContainerCreateBody {
+        let mut labels = HashMap::from([
             (LABEL_SANDBOX.to_string(), sandbox.id.as_str().to_string()),
             (LABEL_TENANT.to_string(), sandbox.tenant.as_str().to_string()),
             (LABEL_INSTANCE.to_string(), self.instance.clone()),
             (LABEL_DATA_DIR.to_string(), self.data_dir.clone()),
         ]);
+        if pooled {
+            labels.insert(LABEL_POOL.to_string(), "1".to_string());
+        }
         let memory = (sandbox.memory_mb << 20) as i64;
         // Commands running as another user need the killer (root) to hold
         // CAP_KILL; their own processes get no capability at all.
@@ -304,7 +324,13 @@ impl DockerProvider {
     /// Creates the container, limiting its writable layer to the disk quota
     /// unless the storage driver is known not to support that. The first
     /// refusal is logged once, and later creates no longer ask.
-    async fn create_container(&self, docker: &Docker, name: &str, sandbox: &Sandbox) -> Result<(), ProviderError> {
+    async fn create_container(
+        &self,
+        docker: &Docker,
+        name: &str,
+        sandbox: &Sandbox,
+        pooled: bool,
+    ) -> Result<(), ProviderError> {
         let options = CreateContainerOptions {
             name: Some(name.to_string()),
             ..Default::default()
@@ -313,7 +339,7 @@ impl DockerProvider {
         let mut network_made = false;
         loop {
             let e = match docker
-                .create_container(Some(options.clone()), self.create_body(sandbox, size_limit))
+                .create_container(Some(options.clone()), self.create_body(sandbox, size_limit, pooled))
                 .await
             {
                 Ok(_) => {
@@ -383,6 +409,40 @@ impl DockerProvider {
             // Already gone, or already being removed by another call.
             Err(e) if matches!(status_code(&e), Some(404 | 409)) => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Creates, prepares and starts the sandbox's container; `pooled`
+    /// marks a warm-pool container.
+    async fn make_container(&self, sandbox: &Sandbox, pooled: bool) -> Result<(), ProviderError> {
+        let docker = self.conn.client()?;
+        self.ensure_image(&docker, &sandbox.image).await?;
+        let name = Self::container_name(sandbox);
+        self.create_container(&docker, &name, sandbox, pooled).await?;
+        let ready = async {
+            self.files(&docker, &name)
+                .make_workspace()
+                .await
+                .map_err(|e| self.file_error("workspace setup", e))?;
+            docker
+                .start_container(&name, None)
+                .await
+                .map_err(|e| self.docker_error("container start", e))
+        };
+        if let Err(e) = ready.await {
+            self.remove(&docker, &name).await.ok();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Removes the container of sandbox `id`, if there is one; failures are
+    /// logged (the next reconciliation removes what is left).
+    async fn remove_container_of(&self, id: &crate::sandbox::id::SandboxId) {
+        let Ok(docker) = self.conn.client() else { return };
+        let name = format!("stacyvm-{}", id.as_str());
+        if let Err(e) = self.remove(&docker, &name).await {
+            tracing::warn!(container = name, "cannot remove container: {e}");
         }
     }
 
@@ -476,7 +536,11 @@ impl Provider for DockerProvider {
 
     fn resolve_image(&self, requested: Option<&str>) -> Result<String, ProviderError> {
         self.conn.client()?;
-        match requested.map(str::trim) {
+        let requested = requested.map(|r| {
+            let r = r.trim();
+            self.image_aliases.get(r).map_or(r, String::as_str)
+        });
+        match requested {
             None | Some("") => Ok(self.default_image.clone()),
             Some(image)
                 if image.len() > MAX_IMAGE_REFERENCE || image.chars().any(|c| c.is_whitespace() || c.is_control()) =>
@@ -494,32 +558,40 @@ impl Provider for DockerProvider {
     }
 
     async fn create(&self, sandbox: &Sandbox) -> Result<(), ProviderError> {
-        let docker = self.conn.client()?;
-        self.ensure_image(&docker, &sandbox.image).await?;
-        let name = Self::container_name(sandbox);
-        self.create_container(&docker, &name, sandbox).await?;
-        let ready = async {
-            self.files(&docker, &name)
-                .make_workspace()
-                .await
-                .map_err(|e| self.file_error("workspace setup", e))?;
-            docker
-                .start_container(&name, None)
-                .await
-                .map_err(|e| self.docker_error("container start", e))
-        };
-        if let Err(e) = ready.await {
-            self.remove(&docker, &name).await.ok();
-            return Err(e);
+        if self.pool.as_ref().is_some_and(|p| p.claim(sandbox)) {
+            return Ok(());
         }
-        Ok(())
+        self.make_container(sandbox, false).await
+    }
+
+    fn take_ready(&self, image: &str, memory_mb: u64, vcpus: u32) -> Option<crate::sandbox::id::SandboxId> {
+        self.pool.as_ref()?.take(image, memory_mb, vcpus)
+    }
+
+    fn pool_status(&self, scope: Option<&crate::sandbox::id::TenantId>) -> Option<super::PoolStatus> {
+        Some(self.pool.as_ref()?.status(scope))
+    }
+
+    async fn check_image(&self, image: &str) -> Result<Option<String>, ProviderError> {
+        let docker = self.conn.client()?;
+        match docker.inspect_image(image).await {
+            Ok(_) => Ok(None),
+            Err(e) if status_code(&e) == Some(404) => Ok(Some(format!(
+                "docker image {image:?} is not present locally; a create would try to pull it"
+            ))),
+            Err(e) => Err(self.docker_error("image inspect", e)),
+        }
     }
 
     async fn destroy(&self, sandbox: &Sandbox) -> Result<(), ProviderError> {
         let docker = self.conn.client()?;
         self.remove(&docker, &Self::container_name(sandbox))
             .await
-            .map_err(|e| self.docker_error("container remove", e))
+            .map_err(|e| self.docker_error("container remove", e))?;
+        if let Some(pool) = &self.pool {
+            pool.forget(&sandbox.id);
+        }
+        Ok(())
     }
 
     async fn exists(&self, sandbox: &Sandbox) -> bool {
@@ -540,7 +612,8 @@ impl Provider for DockerProvider {
         let known: HashSet<&str> = known.iter().map(|s| s.id.as_str()).collect();
         let mut removed = 0;
         for (sandbox, container) in self.own_containers(&docker).await? {
-            if !known.contains(sandbox.as_str()) {
+            let pooled = self.pool.as_ref().is_some_and(|p| p.holds(&sandbox));
+            if !known.contains(sandbox.as_str()) && !pooled {
                 self.remove(&docker, &container).await?;
                 removed += 1;
             }
@@ -744,6 +817,12 @@ impl Provider for DockerProvider {
     }
 
     async fn shutdown(&self) {
+        if let Some(pool) = &self.pool {
+            // Ready pool containers belong to no sandbox: never kept.
+            for id in pool.drain() {
+                self.remove_container_of(&id).await;
+            }
+        }
         if self.on_shutdown != "remove" {
             tracing::info!("docker containers are kept for re-adoption (docker.on_shutdown = keep)");
             return;

@@ -160,6 +160,14 @@ impl PoolSize {
     }
 }
 
+/// Whether the pooling allocator can reserve its address space for
+/// `pool` here (what `stacyvm doctor` checks); the engine is dropped.
+pub fn check_pooling(pool: &PoolSize) -> anyhow::Result<()> {
+    Engine::new(&engine_config(Some(pool)))
+        .map(drop)
+        .map_err(anyhow::Error::from)
+}
+
 /// Where images come from and how the engine is set up.
 pub struct LoadOptions {
     pub image_dir: PathBuf,

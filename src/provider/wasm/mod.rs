@@ -298,6 +298,14 @@ fn load_options(settings: &Settings, strict: bool) -> LoadOptions {
     }
 }
 
+/// Whether the pooling allocator can reserve its address space with these
+/// settings; returns the instance slots it reserved (for `stacyvm doctor`).
+pub fn check_pooling(settings: &Settings) -> anyhow::Result<u32> {
+    let pool = load_options(settings, true).pool;
+    engine::check_pooling(&pool)?;
+    Ok(pool.instances)
+}
+
 /// Fetches, builds and compiles every image of the catalogue ahead of time,
 /// failing rather than falling back. Returns one line per runtime.
 pub async fn prepare_images(settings: &Settings, catalog: &Catalog) -> anyhow::Result<Vec<String>> {

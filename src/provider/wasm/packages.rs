@@ -138,6 +138,18 @@ impl Requirement {
                 truncate(raw, 80)
             )));
         }
+        // Spaces may stand around operators, never inside a name, an
+        // extra or a version ("pkg[a b]" is not "pkg[ab]").
+        let word = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '*' | '+' | '!');
+        let chars: Vec<char> = raw.trim().chars().collect();
+        for (i, c) in chars.iter().enumerate() {
+            if (*c == ' ' || *c == '\t') && i > 0 && word(chars[i - 1]) {
+                let next = chars[i..].iter().find(|c| **c != ' ' && **c != '\t');
+                if next.is_some_and(|n| word(*n)) {
+                    return Err(invalid());
+                }
+            }
+        }
         let text: String = raw.chars().filter(|c| *c != ' ' && *c != '\t').collect();
         let name_end = text
             .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))

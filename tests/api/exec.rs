@@ -1,6 +1,8 @@
 use serde_json::json;
 
-use crate::helpers::{TestApp, assert_error, assert_error_contains, send, ws_connect, ws_next, ws_send};
+use crate::helpers::{
+    TestApp, assert_error, assert_error_contains, send, ws_connect, ws_next, ws_send, ws_stdout_line,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_reports_exit_codes_stdout_and_stderr() {
@@ -259,25 +261,37 @@ async fn streamed_output_arrives_while_the_command_still_runs() {
         .send()
         .await
         .unwrap();
-    let first = resp.chunk().await.unwrap().unwrap();
-    let first_at = started.elapsed();
-    assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&first).unwrap(),
-        json!({"stream": "stdout", "data": "1\n"})
-    );
-    let mut rest = Vec::new();
+    // Python writes `1` and its newline separately; the server may send
+    // them as one line or two, but both long before the program ends.
+    let mut text = String::new();
+    let mut first_at = None;
     while let Some(chunk) = resp.chunk().await.unwrap() {
-        rest.extend_from_slice(&chunk);
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+        let stdout: String = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["stream"] == "stdout")
+            .map(|v| v["data"].as_str().unwrap().to_string())
+            .collect();
+        if first_at.is_none() && stdout.starts_with("1\n") {
+            first_at = Some(started.elapsed());
+        }
     }
     let total = started.elapsed();
-    let rest = String::from_utf8(rest).unwrap();
-    let lines: Vec<serde_json::Value> = rest.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines[0], json!({"stream": "stdout", "data": "2\n"}));
-    assert_eq!(lines[1]["exit_code"], 0);
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (last, output) = lines.split_last().unwrap();
+    let stdout: String = output
+        .iter()
+        .inspect(|v| assert_eq!(v["stream"], "stdout", "{text}"))
+        .map(|v| v["data"].as_str().unwrap())
+        .collect();
+    assert_eq!(stdout, "1\n2\n");
+    assert_eq!(last["exit_code"], 0);
     assert!(total >= std::time::Duration::from_secs(1), "{total:?}");
+    let first_at = first_at.expect("the first line arrived");
     assert!(
         first_at + std::time::Duration::from_millis(800) < total,
-        "first chunk at {first_at:?}, end at {total:?}"
+        "first line at {first_at:?}, end at {total:?}"
     );
 }
 
@@ -319,15 +333,9 @@ async fn websocket_exec_delivers_stdin_sent_after_the_start() {
         json!({"type": "start", "command": "python3 -c \"print('ready', flush=True); print(input()[::-1])\""}),
     )
     .await;
-    assert_eq!(
-        ws_next(&mut ws).await.unwrap(),
-        json!({"type": "stdout", "data": "ready\n"})
-    );
+    assert_eq!(ws_stdout_line(&mut ws).await, "ready\n");
     ws_send(&mut ws, json!({"type": "stdin", "data": "stacyvm\n"})).await;
-    assert_eq!(
-        ws_next(&mut ws).await.unwrap(),
-        json!({"type": "stdout", "data": "mvycats\n"})
-    );
+    assert_eq!(ws_stdout_line(&mut ws).await, "mvycats\n");
     let exit = ws_next(&mut ws).await.unwrap();
     assert_eq!(exit["type"], "exit");
     assert_eq!(exit["exit_code"], 0);
@@ -346,10 +354,7 @@ async fn websocket_stdin_close_ends_input_and_errors_are_messages() {
     ws_send(&mut ws, json!({"type": "stdin", "data": "abc"})).await;
     ws_send(&mut ws, json!({"type": "stdin", "data": "de"})).await;
     ws_send(&mut ws, json!({"type": "stdin_close"})).await;
-    assert_eq!(
-        ws_next(&mut ws).await.unwrap(),
-        json!({"type": "stdout", "data": "5\n"})
-    );
+    assert_eq!(ws_stdout_line(&mut ws).await, "5\n");
     assert_eq!(ws_next(&mut ws).await.unwrap()["exit_code"], 0);
 
     let mut ws = ws_connect(&app, &id).await;
@@ -386,10 +391,7 @@ async fn a_websocket_client_that_disconnects_stops_the_program() {
         json!({"type": "start", "command": "python3 -c 'import time\nopen(\"beat\", \"a\").write(\"x\")\nprint(\"up\", flush=True)\nwhile True:\n    open(\"beat\", \"a\").write(\"x\"); time.sleep(0.05)'", "timeout": "60s"}),
     )
     .await;
-    assert_eq!(
-        ws_next(&mut ws).await.unwrap(),
-        json!({"type": "stdout", "data": "up\n"})
-    );
+    assert_eq!(ws_stdout_line(&mut ws).await, "up\n");
     drop(ws);
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let beat = app.sandbox_dir(&id).join("workspace/beat");

@@ -174,6 +174,18 @@ pub async fn ws_send(ws: &mut Ws, v: Value) {
         .unwrap();
 }
 
+/// The next line of stdout over a websocket: Python writes a line's text
+/// and its newline separately, and they may arrive as one message or two.
+pub async fn ws_stdout_line(ws: &mut Ws) -> String {
+    let mut line = String::new();
+    while !line.ends_with('\n') {
+        let msg = ws_next(ws).await.expect("the socket stays open");
+        assert_eq!(msg["type"], "stdout", "{msg} after {line:?}");
+        line.push_str(msg["data"].as_str().unwrap());
+    }
+    line
+}
+
 /// The next JSON message, or None when the socket closes; a message that
 /// does not come within ten seconds fails the test.
 pub async fn ws_next(ws: &mut Ws) -> Option<Value> {

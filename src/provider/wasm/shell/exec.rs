@@ -308,8 +308,12 @@ pub fn run(job: ShellJob) -> Result<ExecOutput, ProviderError> {
         trap: Mutex::new(None),
         pid: 4242,
     });
+    // Ends the stdin pump when the script ends, even if the client never
+    // closes its stdin.
+    let done = tokio_util::sync::CancellationToken::new();
+    let _end_pump = done.clone().drop_guard();
     let stdin = match job.stdin_stream {
-        Some(stream) => super::io::pump(stream, stop.clone()),
+        Some(stream) => super::io::pump(stream, &stop, done),
         None => input(Source::Bytes(job.stdin, 0)),
     };
     let mut shell = Shell::new(

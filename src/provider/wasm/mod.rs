@@ -16,6 +16,8 @@ mod reactor;
 mod shell;
 mod snapshot;
 
+pub use self::snapshot::is_built as snapshot_is_built;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

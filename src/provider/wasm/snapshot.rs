@@ -113,6 +113,16 @@ fn existing(dir: &Path, key: &str) -> Option<BuiltSnapshot> {
     })
 }
 
+/// Whether the snapshot of `manifest`, fetched into `dir`, is built from
+/// the current recipe and intact (what `stacyvm doctor` checks).
+pub fn is_built(manifest: &ImageManifest, dir: &Path) -> bool {
+    manifest
+        .snapshot
+        .as_deref()
+        .and_then(|recipe| snapshot_key(manifest, recipe).ok())
+        .is_some_and(|key| existing(dir, &key).is_some())
+}
+
 /// The pre-initialized program of a reactor image, built if missing or
 /// stale (never when `offline`). `mounts` are the image's read-only
 /// directories, in the order execs preopen them.

@@ -91,7 +91,7 @@ async fn create_rejects_bad_input_with_the_documented_codes() {
         &create(json!({"provider": "wasm", "image": "ruby:3"})).await,
         400,
         "bad_request",
-        "unknown wasm image \"ruby:3\"; known images: python:3.14, python:3, python, python3, python:3.12, quickjs",
+        "unknown wasm image \"ruby:3\"; known images: python:3.14, python:3, python, python3, python:3.12, python:3.15, python:data, quickjs",
     );
     assert_error_contains(
         &create(json!({"memory_mb": "lots"})).await,
@@ -322,6 +322,8 @@ async fn health_ready_live_and_providers_are_real() {
             "python",
             "python3",
             "python:3.12",
+            "python:3.15",
+            "python:data",
             "quickjs",
             "quickjs:0.11",
             "javascript",
@@ -440,13 +442,14 @@ async fn the_openapi_document_lists_exactly_routes_the_server_serves() {
     assert_eq!(doc["openapi"], "3.0.3");
     let id = app.create_wasm().await;
     let paths = doc["paths"].as_object().unwrap();
-    assert_eq!(paths.len(), 22);
+    assert_eq!(paths.len(), 37);
     let mut deletes = vec![];
     for (path, item) in paths {
         let concrete = path
             .replace("{id}", &id)
             .replace("{port}", "8080")
             .replace("{rest}", "index.html")
+            .replace("{ctx}", "ctx_missing")
             .replace("{name}", "wasm");
         for method in ["get", "post", "put", "delete"] {
             if item.get(method).is_none() {

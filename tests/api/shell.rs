@@ -608,10 +608,10 @@ async fn compound_commands_functions_and_subshells_behave_as_in_sh() {
         sh(
             &app,
             &id,
-            "echo \"$(echo inner | tr a-z A-Z)\" `echo back` $((2 * (3 + 4) % 5))"
+            "echo \"$(echo inner | tr a-z A-Z)\" `echo back` $((2 * (3 + 4) % 5)) $((2 ** 10))"
         )
         .await,
-        ok("INNER back 4\n")
+        ok("INNER back 4 1024\n")
     );
     assert_eq!(
         sh(
@@ -626,10 +626,10 @@ async fn compound_commands_functions_and_subshells_behave_as_in_sh() {
         sh(
             &app,
             &id,
-            "v=/a/b.tar.gz; echo ${#v} ${v#*/} ${v##*/} ${v%.*} ${v%%.*} ${v/b/B} ${u:-d} ${u:=set} $u"
+            "v=/a/b.tar.gz; echo ${#v} ${v#*/} ${v##*/} ${v%.*} ${v%%.*} ${v/b/B} ${v//[ab]/X} ${u:-d} ${u:=set} $u"
         )
         .await,
-        ok("11 a/b.tar.gz b.tar.gz /a/b.tar /a/b /a/B.tar.gz d set set\n")
+        ok("11 a/b.tar.gz b.tar.gz /a/b.tar /a/b /a/B.tar.gz /X/X.tXr.gz d set set\n")
     );
     assert_eq!(
         sh(

@@ -28,7 +28,7 @@ fn required() -> bool {
 
 /// The daemon, or None (after a loud message) when there is none and none
 /// is required.
-async fn docker_or_skip() -> Option<Docker> {
+pub(crate) async fn docker_or_skip() -> Option<Docker> {
     // Server warnings and errors show with a failing test's output.
     tracing_subscriber::fmt()
         .with_test_writer()
@@ -72,7 +72,7 @@ async fn has_image(docker: &Docker, image: &str) -> bool {
 
 /// Removes every container a test server made; test runtimes end before a
 /// server's own shutdown could.
-async fn remove_containers_of(docker: &Docker, app: &TestApp) {
+pub(crate) async fn remove_containers_of(docker: &Docker, app: &TestApp) {
     remove_containers_in(docker, app.data_dir.path()).await;
 }
 
@@ -101,7 +101,7 @@ fn docker_settings(s: &mut Settings) {
     s.docker.recheck_interval = Duration::from_millis(200);
 }
 
-async fn spawn_docker() -> TestApp {
+pub(crate) async fn spawn_docker() -> TestApp {
     TestApp::spawn_with(docker_settings).await
 }
 

@@ -27,5 +27,6 @@ mod sandboxes;
 mod schemathesis;
 mod sdk;
 mod shell;
+mod shell_compat;
 mod templates;
 mod utilities;

@@ -14,6 +14,7 @@ mod contexts;
 mod data;
 mod report;
 mod server;
+mod shell;
 pub mod stats;
 
 use std::path::{Path, PathBuf};
@@ -41,7 +42,7 @@ pub struct Options {
     /// API key for a `--url` server that requires one.
     #[arg(long, env = "STACYVM_BENCH_API_KEY")]
     pub api_key: Option<String>,
-    /// Timed samples per latency metric [default: 200 for wasm, 50 for docker, 30 for native spawns].
+    /// Timed samples per latency metric [default: 200 for wasm, 50 for docker and the shell loop, 20 for the shell pipeline, 30 for native spawns].
     #[arg(long)]
     pub samples: Option<usize>,
     /// Untimed runs before each latency metric.
@@ -232,6 +233,10 @@ async fn measure(
         "wasm template spawn",
         template_spawns(api, &opts.wasm_image, warmup, samples).await?,
     );
+
+    for l in shell::measure(api, &opts.wasm_image, warmup, opts.samples.unwrap_or(50)).await? {
+        push(&l.metric, Some(l.summary));
+    }
 
     if let Some(native) = native {
         let samples = opts.samples.unwrap_or(30);

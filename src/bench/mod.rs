@@ -12,6 +12,7 @@
 mod client;
 mod contexts;
 mod data;
+mod mcp;
 mod report;
 mod server;
 pub mod stats;
@@ -231,6 +232,12 @@ async fn measure(
     push(
         "wasm template spawn",
         template_spawns(api, &opts.wasm_image, warmup, samples).await?,
+    );
+
+    eprintln!("bench: MCP run_code of print(40+2) over stdio, {warmup} + {samples} times");
+    push(
+        "mcp run_code (stdio)",
+        mcp::run_code_latency(api, warmup, samples).await?,
     );
 
     if let Some(native) = native {

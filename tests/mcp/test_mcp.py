@@ -127,7 +127,7 @@ async def test_calls_without_a_sandbox_share_the_sessions_own_sandbox(transport)
         first = ok(await call(client, "run_code", language="javascript", code="var greeting = 'hello'"))
         second = ok(await call(client, "run_code", language="javascript", code="greeting + ' world'"))
         listed = ok(await call(client, "run_command", command="pwd"))
-    assert second["result"] == {"text/plain": "hello world"}
+    assert second["result"] == {"text/plain": '"hello world"'}
     assert first["sandbox_id"] == second["sandbox_id"] == listed["sandbox_id"]
     assert listed["stdout"] == "/workspace\n"
 

@@ -14,11 +14,13 @@
 //! - [`bench`]: `stacyvm bench`, latency, throughput and density over HTTP.
 //! - [`cli`]: `stacyvm sandbox|template`, a client of the REST API, and
 //!   `stacyvm doctor`, which checks the host.
+//! - [`mcp`]: the MCP server for agents, `stacyvm mcp` (stdio) and `/mcp`.
 
 pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod duration;
+pub mod mcp;
 pub mod provider;
 pub mod runtime;
 pub mod sandbox;

@@ -1,6 +1,7 @@
 //! The `stacyvm` command: `serve` runs the server, `images pull` fetches, builds and compiles the
 //! wasm images ahead of time, `bench` measures a server, `sandbox` and `template` are a client of
-//! a server's REST API, and `doctor` checks the host.
+//! a server's REST API, `mcp` serves the sandbox tools to an agent over stdio, and `doctor` checks
+//! the host.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -62,6 +63,13 @@ enum Command {
         remote: Remote,
         #[command(subcommand)]
         command: TemplateCommand,
+    },
+    /// Serve MCP (Model Context Protocol) on stdio for an agent, with an embedded server or `--url`.
+    Mcp {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        options: stacyvm::mcp::StdioOptions,
     },
     /// Check that this host can run the server; one line per check, and the fix for each failure.
     Doctor {
@@ -132,6 +140,14 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .unwrap_or_else(|e| stacyvm::cli::report_failure(&e));
             std::process::exit(code)
+        }
+        Command::Mcp { common, options } => {
+            // With --url no server runs here, so no settings are read.
+            let settings = match options.url {
+                Some(_) => Settings::default(),
+                None => load(&common, Some(stacyvm::mcp::EMBEDDED_BIND.parse()?))?,
+            };
+            stacyvm::mcp::serve_stdio(options, settings).await
         }
         Command::Doctor { common, bind } => {
             let overrides = Overrides {

@@ -50,7 +50,7 @@ pub fn router(state: AppState) -> Router {
         .merge(control::router())
         .merge(templates::router())
         .merge(audit::router());
-    Router::new()
+    let rest = Router::new()
         .nest("/api/v1", api)
         .fallback(|req: Request| async move {
             ApiError::NotFound(format!("no route for {} {}", req.method(), req.uri().path()))
@@ -64,7 +64,9 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), audit::record))
         .layer(axum::middleware::from_fn(catch_panic))
         .layer(axum::middleware::from_fn(log_request))
-        .with_state(state)
+        .with_state(state.clone());
+    // MCP's tools call the REST routes above in-process, as the caller.
+    rest.clone().merge(crate::mcp::http_route(rest, state))
 }
 
 /// Error answers whose details only operators may read (a provider's

@@ -12,6 +12,7 @@
 mod client;
 mod contexts;
 mod data;
+mod mcp;
 mod report;
 mod server;
 mod shell;
@@ -237,6 +238,11 @@ async fn measure(
     for l in shell::measure(api, &opts.wasm_image, warmup, opts.samples.unwrap_or(50)).await? {
         push(&l.metric, Some(l.summary));
     }
+    eprintln!("bench: MCP run_code of print(40+2) over stdio, {warmup} + {samples} times");
+    push(
+        "mcp run_code (stdio)",
+        mcp::run_code_latency(api, warmup, samples).await?,
+    );
 
     if let Some(native) = native {
         let samples = opts.samples.unwrap_or(30);

@@ -34,7 +34,12 @@ pub async fn measure(api: &Api, image: &str, warmup: usize, samples: usize) -> a
         for (metric, command, prints, samples) in [
             ("wasm shell loop (1,000 builtin iterations)", LOOP, LOOP_PRINTS, samples),
             // Each run streams 10.9 MB through three guests: fewer samples.
-            ("wasm shell pipeline (3 utilities, 10.9 MB)", PIPELINE, PIPELINE_PRINTS, samples.min(20)),
+            (
+                "wasm shell pipeline (3 utilities, 10.9 MB)",
+                PIPELINE,
+                PIPELINE_PRINTS,
+                samples.min(20),
+            ),
         ] {
             eprintln!("bench: {metric}, {warmup} + {samples} times");
             let mut times = Vec::with_capacity(samples);

@@ -14,6 +14,7 @@ mod files;
 mod hardening;
 mod helpers;
 mod limits;
+mod mcp;
 mod ops;
 mod packages;
 mod pool;

@@ -320,12 +320,8 @@ pub async fn ensure_package_image(
     let source = manifest.sources.first().context("the image has no source")?;
     let wasm = pinned_members(manifest, source, &dir).remove(0).dest;
     let intact = {
-        let members = pinned_members(manifest, source, &dir);
-        move || {
-            members
-                .iter()
-                .all(|m| sha256_file(&m.dest).is_ok_and(|sha| sha == m.sha256))
-        }
+        let (manifest, image_dir) = (manifest.clone(), image_dir.to_path_buf());
+        move || check_package_image(&manifest, &image_dir).is_ok()
     };
     let fetched = FetchedImage { dir: dir.clone(), wasm };
     if tokio::task::spawn_blocking(intact.clone()).await? {

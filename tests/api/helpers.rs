@@ -203,3 +203,38 @@ pub async fn ws_next(ws: &mut Ws) -> Option<Value> {
         .await
         .expect("a websocket message within 10s")
 }
+
+/// Whether a missing Python toolchain or package index fails a test (under
+/// CI, or when `var` is 1) rather than skipping it, loudly.
+pub fn python_required(var: &str) -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true") || std::env::var(var).is_ok_and(|v| v == "1")
+}
+
+/// A virtualenv with `tests/<suite>/requirements.txt` installed, made once
+/// per checkout (again when the requirements change); its directory.
+pub fn python_venv(suite: &str) -> Result<PathBuf, String> {
+    use std::process::Command;
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let requirements = manifest.join(format!("tests/{suite}/requirements.txt"));
+    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{suite}-venv"));
+    let python = venv.join("bin/python");
+    let stamp = venv.join("requirements.installed");
+    let wanted = std::fs::read_to_string(&requirements).map_err(|e| e.to_string())?;
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) && python.exists() {
+        return Ok(venv);
+    }
+    let run = |cmd: &mut Command| -> Result<(), String> {
+        let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr)))
+        }
+    };
+    run(Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv))?;
+    run(Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+        .arg(&requirements))?;
+    std::fs::write(&stamp, wanted).map_err(|e| e.to_string())?;
+    Ok(venv)
+}

@@ -6,40 +6,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::helpers::{TestApp, send, shared_image_dir};
+use crate::helpers::{TestApp, python_required, python_venv, send, shared_image_dir};
 
-/// A missing Python toolchain or package index fails the test under CI and
-/// skips it, loudly, elsewhere.
 fn required() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true") || std::env::var("STACYVM_REQUIRE_SDK").is_ok_and(|v| v == "1")
+    python_required("STACYVM_REQUIRE_SDK")
 }
 
-/// A virtualenv with `tests/mcp/requirements.txt` installed, made once per
-/// checkout (again when the requirements change).
 fn mcp_python() -> Result<PathBuf, String> {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let requirements = manifest.join("tests/mcp/requirements.txt");
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mcp-venv");
-    let python = venv.join("bin/python");
-    let stamp = venv.join("requirements.installed");
-    let wanted = std::fs::read_to_string(&requirements).map_err(|e| e.to_string())?;
-    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) && python.exists() {
-        return Ok(python);
-    }
-    let run = |cmd: &mut Command| -> Result<(), String> {
-        let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr)))
-        }
-    };
-    run(Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv))?;
-    run(Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
-        .arg(&requirements))?;
-    std::fs::write(&stamp, wanted).map_err(|e| e.to_string())?;
-    Ok(python)
+    python_venv("mcp").map(|venv| venv.join("bin/python"))
 }
 
 #[tokio::test(flavor = "multi_thread")]

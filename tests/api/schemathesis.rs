@@ -5,41 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, python_required, python_venv};
 
-/// A missing Python toolchain or package index fails the test under CI and
-/// skips it, loudly, elsewhere.
 fn required() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("STACYVM_REQUIRE_SCHEMATHESIS").is_ok_and(|v| v == "1")
+    python_required("STACYVM_REQUIRE_SCHEMATHESIS")
 }
 
-/// A virtualenv with `tests/schemathesis/requirements.txt` installed, made
-/// once per checkout (again when the requirements change).
 fn schemathesis() -> Result<PathBuf, String> {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let requirements = manifest.join("tests/schemathesis/requirements.txt");
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("schemathesis-venv");
-    let tool = venv.join("bin/schemathesis");
-    let stamp = venv.join("requirements.installed");
-    let wanted = std::fs::read_to_string(&requirements).map_err(|e| e.to_string())?;
-    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) && tool.exists() {
-        return Ok(tool);
-    }
-    let run = |cmd: &mut Command| -> Result<(), String> {
-        let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr)))
-        }
-    };
-    run(Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv))?;
-    run(Command::new(venv.join("bin/python"))
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
-        .arg(&requirements))?;
-    std::fs::write(&stamp, wanted).map_err(|e| e.to_string())?;
-    Ok(tool)
+    python_venv("schemathesis").map(|venv| venv.join("bin/schemathesis"))
 }
 
 /// Examples per operation: enough to reach every documented answer of the

@@ -137,17 +137,28 @@ impl Backend {
                 if let Some(b) = body {
                     rb = rb.header("Content-Type", "application/json").body(b);
                 }
-                let resp = rb
+                let mut resp = rb
                     .send()
                     .await
                     .map_err(|e| Failure::unreachable(format!("cannot reach the stacyvm server at {base}: {e}")))?;
                 let status = resp.status().as_u16();
                 let headers = resp.headers().clone();
-                let bytes = resp
-                    .bytes()
+                // Bounded as the in-process answer is: the server at --url
+                // is not necessarily this version, or ours.
+                let mut bytes = Vec::new();
+                while let Some(chunk) = resp
+                    .chunk()
                     .await
-                    .map_err(|e| Failure::unreachable(format!("the stacyvm server's answer broke off: {e}")))?;
-                (status, headers, bytes)
+                    .map_err(|e| Failure::unreachable(format!("the stacyvm server's answer broke off: {e}")))?
+                {
+                    if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
+                        return Err(Failure::unreachable(format!(
+                            "the stacyvm server's answer is over {MAX_ANSWER_BYTES} bytes"
+                        )));
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                (status, headers, Bytes::from(bytes))
             }
             Backend::Router(router) => {
                 let mut req = Request::builder()

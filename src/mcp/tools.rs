@@ -255,6 +255,11 @@ fn describe_run(run: &Value) -> String {
     parts.join("\n")
 }
 
+/// The elements of a JSON array; none for anything else.
+fn items(v: &Value) -> &[Value] {
+    v.as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
 /// A sandbox path from a resource URI, or None when `uri` is not one.
 fn parse_resource_uri(uri: &str) -> Option<(String, String)> {
     let rest = uri.strip_prefix(RESOURCE_PREFIX)?;
@@ -629,10 +634,7 @@ impl SandboxTools {
                         )
                         .await?
                         .json();
-                    let lines: Vec<String> = entries
-                        .as_array()
-                        .map(Vec::as_slice)
-                        .unwrap_or_default()
+                    let lines: Vec<String> = items(&entries)
                         .iter()
                         .map(|e| {
                             let dir = if e["is_dir"] == true { "/" } else { "" };
@@ -705,10 +707,7 @@ impl SandboxTools {
         Ok(match self.send(&caller, Call::get("/sandboxes")).await {
             Ok(answer) => {
                 let list = answer.json();
-                let rows: Vec<String> = list
-                    .as_array()
-                    .map(Vec::as_slice)
-                    .unwrap_or_default()
+                let rows: Vec<String> = items(&list)
                     .iter()
                     .map(|s| {
                         format!(
@@ -769,7 +768,7 @@ impl ServerHandler for SandboxTools {
             .map_err(internal)?
             .json();
         let mut resources = vec![];
-        'sandboxes: for sandbox in sandboxes.as_array().map(Vec::as_slice).unwrap_or_default() {
+        'sandboxes: for sandbox in items(&sandboxes) {
             let Some(id) = sandbox["id"].as_str() else { continue };
             let mut dirs = vec!["/workspace".to_string()];
             let mut walked = 0;
@@ -783,7 +782,7 @@ impl ServerHandler for SandboxTools {
                 let Ok(answer) = self.send(&caller, Call::get(path)).await else {
                     break;
                 };
-                for entry in answer.json().as_array().map(Vec::as_slice).unwrap_or_default() {
+                for entry in items(&answer.json()) {
                     let (Some(name), Some(path)) = (entry["name"].as_str(), entry["path"].as_str()) else {
                         continue;
                     };

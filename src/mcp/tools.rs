@@ -768,14 +768,15 @@ impl ServerHandler for SandboxTools {
             .map_err(internal)?
             .json();
         let mut resources = vec![];
+        // Bounds the whole listing, however many sandboxes the caller has.
+        let mut walked = 0;
         'sandboxes: for sandbox in items(&sandboxes) {
             let Some(id) = sandbox["id"].as_str() else { continue };
             let mut dirs = vec!["/workspace".to_string()];
-            let mut walked = 0;
             while let Some(dir) = dirs.pop() {
                 walked += 1;
                 if walked > MAX_LISTED_DIRECTORIES {
-                    break;
+                    break 'sandboxes;
                 }
                 let path = format!("/sandboxes/{id}/files/list?path={}", query_value(&dir));
                 // A sandbox that went away meanwhile lists nothing.

@@ -453,22 +453,33 @@ async fn exec_latency(
     samples: usize,
 ) -> anyhow::Result<Option<Summary>> {
     let id = api.create(provider, image).await?;
-    let mut times = Vec::with_capacity(samples);
-    let mut timed = async || {
-        for i in 0..warmup + samples {
-            let started = Instant::now();
-            let stdout = api.exec(&id, command).await?;
-            let elapsed = started.elapsed();
-            check_output(command, &stdout)?;
-            if i >= warmup {
-                times.push(elapsed);
-            }
-        }
-        anyhow::Ok(())
-    };
-    let result = timed().await;
+    let result = time_execs(api, &id, command, EXPECTED, warmup, samples).await;
     api.destroy(&id).await?;
-    result?;
+    result
+}
+
+/// Times `command` run one at a time in sandbox `id`, checking that each
+/// run prints `expected`.
+async fn time_execs(
+    api: &Api,
+    id: &str,
+    command: &str,
+    expected: &str,
+    warmup: usize,
+    samples: usize,
+) -> anyhow::Result<Option<Summary>> {
+    let mut times = Vec::with_capacity(samples);
+    for i in 0..warmup + samples {
+        let started = Instant::now();
+        let stdout = api.exec(id, command).await?;
+        let elapsed = started.elapsed();
+        if stdout != expected {
+            bail!("{command:?} printed {stdout:?}, not {expected:?}");
+        }
+        if i >= warmup {
+            times.push(elapsed);
+        }
+    }
     Ok(Summary::of(times))
 }
 

@@ -2,13 +2,10 @@
 //! cost is the interpreter's own, and a pipeline of three wasm utilities
 //! over a 10 MB file, whose cost is the guests' and the pipes' between them.
 
-use std::time::Instant;
-
 use anyhow::bail;
 
 use super::client::Api;
 use super::report::Latency;
-use super::stats::Summary;
 
 /// A `for` loop of 1,000 iterations, each calling builtins only.
 pub const LOOP: &str = "n=0; for i in $(seq 1000); do n=$((n+i)); echo $i > /dev/null; done; echo $n";
@@ -42,19 +39,7 @@ pub async fn measure(api: &Api, image: &str, warmup: usize, samples: usize) -> a
             ),
         ] {
             eprintln!("bench: {metric}, {warmup} + {samples} times");
-            let mut times = Vec::with_capacity(samples);
-            for i in 0..warmup + samples {
-                let started = Instant::now();
-                let stdout = api.exec(&id, command).await?;
-                let elapsed = started.elapsed();
-                if stdout != prints {
-                    bail!("{command:?} printed {stdout:?}, not {prints:?}");
-                }
-                if i >= warmup {
-                    times.push(elapsed);
-                }
-            }
-            if let Some(summary) = Summary::of(times) {
+            if let Some(summary) = super::time_execs(api, &id, command, prints, warmup, samples).await? {
                 out.push(Latency {
                     metric: metric.into(),
                     summary,

@@ -253,6 +253,13 @@ pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
     {
         return Ok(sha);
     }
+    let stamp = format!(
+        "{}:{}:{}:{}:{}",
+        identity.0, identity.1, identity.2, identity.3, identity.4
+    );
+    if let Some(sha) = remembered_digest(&f, &stamp) {
+        return Ok(sha);
+    }
     let mut hasher = Sha256::new();
     std::io::copy(&mut f, &mut hasher)?;
     let sha = hex::encode(hasher.finalize());
@@ -261,6 +268,7 @@ pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
     if f.metadata()
         .is_ok_and(|m| (m.len(), m.mtime_nsec(), m.ctime_nsec()) == (identity.2, identity.4, identity.6))
     {
+        remember_digest(&f, &stamp, &sha);
         let mut known = KNOWN.lock().unwrap_or_else(|e| e.into_inner());
         let known = known.get_or_insert_default();
         // A handful of image files per server; the bound only guards
@@ -271,6 +279,42 @@ pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
         known.insert(identity, sha.clone());
     }
     Ok(sha)
+}
+
+/// The extended attribute that keeps a file's digest across restarts, so
+/// that a warm start does not read hundreds of megabytes of images again.
+/// It is invisible to guests (WASI has no extended attributes) and holds
+/// the file's device, inode, length and modification time beside the
+/// digest: any write changes the time and makes the file be hashed again.
+/// Only the server writes its private (0700) image directory, so a forged
+/// time is no more possible than a forged checksum file.
+const DIGEST_XATTR: &std::ffi::CStr = c"user.stacyvm.sha256";
+
+fn remembered_digest(f: &std::fs::File, stamp: &str) -> Option<String> {
+    use std::os::fd::AsRawFd;
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length, the name is a C string.
+    let n = unsafe { libc::fgetxattr(f.as_raw_fd(), DIGEST_XATTR.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let value = std::str::from_utf8(buf.get(..usize::try_from(n).ok()?)?).ok()?;
+    let (recorded, sha) = value.rsplit_once(':')?;
+    (recorded == stamp && sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit())).then(|| sha.to_string())
+}
+
+/// Best effort: a file system without user extended attributes (or a
+/// read-only image directory) only means hashing at every start.
+fn remember_digest(f: &std::fs::File, stamp: &str, sha: &str) {
+    use std::os::fd::AsRawFd;
+    let value = format!("{stamp}:{sha}");
+    // SAFETY: the value is valid for its length, the name is a C string.
+    unsafe {
+        libc::fsetxattr(
+            f.as_raw_fd(),
+            DIGEST_XATTR.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
 }
 
 /// A fetched image whose program comes with further files (a reactor and
@@ -485,4 +529,47 @@ fn temporary_beside(dest: &Path) -> PathBuf {
     let mut name = dest.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".tmp{}-{n}", std::process::id()));
     dest.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha_of(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
+    }
+
+    #[test]
+    fn a_digest_is_remembered_on_the_file_and_a_rewrite_is_hashed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image.wasm");
+        std::fs::write(&path, b"first").unwrap();
+        assert_eq!(sha256_file(&path).unwrap(), sha_of(b"first"));
+        let f = std::fs::File::open(&path).unwrap();
+        let mut value = [0u8; 256];
+        // SAFETY: valid buffer and C string.
+        let n = unsafe {
+            use std::os::fd::AsRawFd;
+            libc::fgetxattr(
+                f.as_raw_fd(),
+                DIGEST_XATTR.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        if n < 0 {
+            eprintln!("this file system keeps no user extended attributes; only the rehash is checked");
+        } else {
+            let value = std::str::from_utf8(&value[..n as usize]).unwrap();
+            assert!(value.ends_with(&format!(":{}", sha_of(b"first"))), "{value}");
+        }
+        // A rewrite of the same length changes the modification time, so
+        // the remembered digest no longer applies.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::write(&path, b"other").unwrap();
+        assert_eq!(sha256_file(&path).unwrap(), sha_of(b"other"));
+        // A remembered digest for another stamp is ignored.
+        let f = std::fs::File::open(&path).unwrap();
+        assert_eq!(remembered_digest(&f, "0:0:0:0:0"), None);
+    }
 }

@@ -79,17 +79,30 @@ impl Api {
 
     /// Creates a sandbox and returns its id.
     pub async fn create(&self, provider: &str, image: &str) -> anyhow::Result<String> {
+        self.create_json(json!({"provider": provider, "image": image})).await
+    }
+
+    /// Creates a sandbox from a whole create body and returns its id.
+    pub async fn create_json(&self, body: Value) -> anyhow::Result<String> {
+        let what = format!("create a sandbox {body}");
         let body = self
-            .send(
-                self.request(reqwest::Method::POST, "/sandboxes")
-                    .json(&json!({"provider": provider, "image": image})),
-                &format!("create a {provider} sandbox"),
-            )
+            .send(self.request(reqwest::Method::POST, "/sandboxes").json(&body), &what)
             .await?;
         body["id"]
             .as_str()
             .map(str::to_string)
             .context("the create answer has no id")
+    }
+
+    /// How many sandboxes the tenant has.
+    pub async fn list_count(&self) -> anyhow::Result<usize> {
+        let body = self
+            .send(self.request(reqwest::Method::GET, "/sandboxes"), "list the sandboxes")
+            .await?;
+        body.as_array()
+            .or_else(|| body["sandboxes"].as_array())
+            .map(Vec::len)
+            .context("the list answer has no array")
     }
 
     /// Runs `command` and returns its stdout; a non-zero exit is an error,

@@ -12,6 +12,7 @@
 mod client;
 mod contexts;
 mod data;
+mod expiry;
 mod mcp;
 mod report;
 mod server;
@@ -71,6 +72,9 @@ pub struct Options {
     /// Idle code contexts created for the context density figure (0 skips it).
     #[arg(long, default_value_t = 2000)]
     pub context_density: usize,
+    /// Expired sandboxes left for a warm start to remove (0 skips it); they hold 1 GB and 1,000,000 entries in all.
+    #[arg(long, default_value_t = 100)]
+    pub expired_sandboxes: usize,
     /// Skip the data metrics (pandas on python:3.15, pip install on python:3.14).
     #[arg(long)]
     pub no_data: bool,
@@ -168,6 +172,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             let stopped = second.stop().await;
             report.density = measured?;
             stopped?;
+
+            if opts.expired_sandboxes > 0 {
+                report.expired_start =
+                    Some(expiry::measure(launch(5), opts.expired_sandboxes, 1_000_000_000, 1_000_000).await?);
+            }
 
             eprintln!("bench: starting servers for code contexts");
             let mut third = launch(3);
@@ -338,6 +347,7 @@ async fn measure(
         density: None,
         contexts: None,
         warm_start_ms: None,
+        expired_start: None,
         ratios: Default::default(),
         notes: Vec::new(),
     })

@@ -18,6 +18,8 @@ pub struct Report {
     /// Spawn to the first 200 from /health, with the compile cache warm;
     /// `None` when bench did not start the server.
     pub warm_start_ms: Option<f64>,
+    /// A warm start with expired sandboxes left to remove.
+    pub expired_start: Option<super::expiry::ExpiredStart>,
     pub ratios: Ratios,
     /// What was skipped, and why.
     pub notes: Vec<String>,
@@ -174,6 +176,17 @@ impl fmt::Display for Report {
             "| warm start (spawn to first 200 from /health) | {} |",
             self.warm_start_ms.map_or("n/a".to_string(), ms)
         )?;
+        if let Some(e) = &self.expired_start {
+            writeln!(
+                out,
+                "| warm start with {} expired sandboxes ({} MB, {} entries) to remove | {} |",
+                e.sandboxes,
+                e.bytes / 1_000_000,
+                e.entries,
+                ms(e.start_ms)
+            )?;
+            writeln!(out, "| ... until their files were all deleted | {} |", ms(e.removed_ms))?;
+        }
         writeln!(out, "\nRatios of medians, this run:")?;
         let r = &self.ratios;
         match r.docker_create_over_wasm_create {

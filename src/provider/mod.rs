@@ -223,6 +223,12 @@ pub trait Provider: Send + Sync {
     /// Whether the sandbox's resources still exist (used after a restart).
     async fn exists(&self, sandbox: &Sandbox) -> bool;
 
+    /// How many of `tenant`'s destroyed sandboxes still hold disk while
+    /// they are deleted in the background.
+    fn freeing(&self, _tenant: &crate::sandbox::id::TenantId) -> usize {
+        0
+    }
+
     /// Removes resources that belong to no sandbox in `known` (after a crash).
     async fn remove_orphans(&self, known: &[Sandbox]) -> anyhow::Result<usize>;
 

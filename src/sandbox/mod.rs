@@ -227,7 +227,7 @@ impl SandboxService {
                 None => false,
             };
             if exists {
-                service.registry.put(&sb)?;
+                service.registry.adopt(sb.clone());
                 kept.push(sb);
             } else {
                 tracing::info!(id = %sb.id, "dropping registry entry whose resources are gone");
@@ -348,10 +348,17 @@ impl SandboxService {
         }
     }
 
-    /// What the tenant's live sandboxes hold: their number, memory and disk.
+    /// What the tenant's live sandboxes hold: their number, memory and disk;
+    /// a destroyed sandbox keeps its disk reservation until its files are
+    /// deleted.
     pub fn held(&self, tenant: &TenantId) -> quotas::Usage {
         let disk_mb = self.settings.sandbox.disk_quota_mb;
-        self.registry.fold(quotas::Usage::default(), |usage, sb| {
+        let freeing: usize = self.providers.values().map(|p| p.freeing(tenant)).sum();
+        let start = quotas::Usage {
+            disk_mb: disk_mb.saturating_mul(freeing as u64),
+            ..quotas::Usage::default()
+        };
+        self.registry.fold(start, |usage, sb| {
             if &sb.tenant != tenant {
                 return usage;
             }
@@ -424,6 +431,35 @@ impl SandboxService {
         })
     }
 
+    /// Reserves a create's share of the tenant's quota. A destroyed
+    /// sandbox keeps its disk reservation until its files are deleted in
+    /// the background, which takes milliseconds unless it held very many
+    /// files; a create refused only while such deletes are pending waits
+    /// for them (a few seconds at most) instead of failing at once.
+    async fn reserve_for_create(
+        &self,
+        tenant: &TenantId,
+        memory_mb: u64,
+    ) -> Result<quotas::Reservation<'_>, ServiceError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let refused = match self.quotas.reserve(
+                tenant,
+                &self.limits(tenant),
+                || self.held(tenant),
+                self.wanted(memory_mb),
+            ) {
+                Ok(reservation) => return Ok(reservation),
+                Err(why) => why,
+            };
+            let freeing = self.providers.values().any(|p| p.freeing(tenant) > 0);
+            if !freeing || tokio::time::Instant::now() >= deadline {
+                return Err(ServiceError::ResourceLimit(refused));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// What a create reserves against the tenant's quota.
     fn wanted(&self, memory_mb: u64) -> quotas::Usage {
         quotas::Usage {
@@ -441,15 +477,7 @@ impl SandboxService {
             vcpus,
             image,
         } = self.plan_create(tenant, &req)?;
-        let _reservation = self
-            .quotas
-            .reserve(
-                tenant,
-                &self.limits(tenant),
-                || self.held(tenant),
-                self.wanted(memory_mb),
-            )
-            .map_err(ServiceError::ResourceLimit)?;
+        let _reservation = self.reserve_for_create(tenant, memory_mb).await?;
         let now = SystemTime::now();
         // A warm pool's ready resources come with their id; nothing may fail
         // between taking them and the provider's create, which claims them.

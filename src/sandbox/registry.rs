@@ -60,6 +60,15 @@ impl SandboxRegistry {
         Ok(())
     }
 
+    /// Takes back an entry loaded by [`Self::open`], which is already on
+    /// disk: memory only, so a start with many sandboxes writes nothing.
+    pub fn adopt(&self, sandbox: Sandbox) {
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(sandbox.id.clone(), sandbox);
+    }
+
     pub fn remove(&self, id: &SandboxId) -> anyhow::Result<Option<Sandbox>> {
         self.db
             .lock()

@@ -15,6 +15,7 @@ mod quota;
 mod reactor;
 mod shell;
 mod snapshot;
+mod trash;
 
 pub use self::snapshot::is_built as snapshot_is_built;
 
@@ -69,6 +70,8 @@ pub struct WasmProvider {
     packages: Arc<packages::PackageManager>,
     /// How long a create waits for its `packages`.
     packages_timeout: std::time::Duration,
+    /// Destroyed sandboxes' directories, deleted in the background.
+    trash: trash::Trash,
 }
 
 impl WasmProvider {
@@ -97,7 +100,9 @@ impl WasmProvider {
             let packages = packages.clone();
             async move { packages.prepare().await }
         });
+        let trash = trash::Trash::open(settings.data_dir.join("trash"))?;
         Ok(WasmProvider {
+            trash,
             contexts,
             packages,
             packages_timeout: settings.exec.default_timeout,
@@ -521,19 +526,16 @@ impl Provider for WasmProvider {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(sandbox.id.as_str());
+        // One rename; the reaper deletes it (remove_dir_all never follows
+        // symlinks, so a link to / inside the sandbox is removed, not walked).
         let dir = self.dir(sandbox);
-        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
-            // remove_dir_all never follows symlinks, so a link to / inside
-            // the sandbox is removed, not walked.
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ProviderError::Internal(anyhow::anyhow!(
-                "cannot remove {}: {e}",
-                dir.display()
-            ))),
-        })
-        .await
-        .map_err(|e| ProviderError::Internal(e.into()))?
+        self.trash
+            .discard(&dir, sandbox.tenant.as_str())
+            .map_err(|e| ProviderError::Internal(anyhow::anyhow!("cannot remove {}: {e}", dir.display())))
+    }
+
+    fn freeing(&self, tenant: &crate::sandbox::id::TenantId) -> usize {
+        self.trash.pending(tenant.as_str())
     }
 
     async fn exists(&self, sandbox: &Sandbox) -> bool {
@@ -547,7 +549,7 @@ impl Provider for WasmProvider {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if !known.contains(name.as_str()) {
-                std::fs::remove_dir_all(entry.path())?;
+                self.trash.discard(&entry.path(), "")?;
                 removed += 1;
             }
         }

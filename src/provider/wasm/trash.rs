@@ -1,0 +1,190 @@
+//! Deleting sandbox directories off the request path.
+//!
+//! A destroy only renames the sandbox's directory into `<data>/trash/` (one
+//! `rename`, whatever the directory holds) and answers; a reaper thread
+//! deletes what lands there. A directory stays charged to its tenant's disk
+//! reservation until it is gone, so that destroying in a loop cannot hold
+//! more disk than the quota allows. Whatever a stop leaves in the trash is
+//! deleted by the next start, in the background.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+/// A directory gone from the trash can still be written by a guest that
+/// was running when its sandbox was destroyed; it is tried again this many
+/// times before being left for the next start.
+const ATTEMPTS: u32 = 5;
+
+pub struct Trash {
+    dir: PathBuf,
+    /// Directories still being deleted, by tenant.
+    pending: Arc<Mutex<HashMap<String, usize>>>,
+    queue: Mutex<mpsc::Sender<(PathBuf, String)>>,
+    /// Makes each name in the trash unique, even for one sandbox id twice.
+    serial: AtomicU64,
+}
+
+impl Trash {
+    /// Opens `dir` (creating it) and starts its reaper, which first deletes
+    /// whatever an earlier run left there.
+    pub fn open(dir: PathBuf) -> std::io::Result<Trash> {
+        std::fs::create_dir_all(&dir)?;
+        let pending: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let (tx, rx) = mpsc::channel::<(PathBuf, String)>();
+        let mut left = vec![];
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let tenant = tenant_of(&path);
+            *lock(&pending).entry(tenant.clone()).or_default() += 1;
+            left.push((path, tenant));
+        }
+        if !left.is_empty() {
+            tracing::info!(
+                count = left.len(),
+                "deleting the sandboxes an earlier run left in the trash"
+            );
+        }
+        for item in left {
+            tx.send(item).expect("the receiver is alive");
+        }
+        let reaper_pending = pending.clone();
+        std::thread::Builder::new()
+            .name("stacyvm-trash".into())
+            .spawn(move || reap(rx, reaper_pending))?;
+        Ok(Trash {
+            dir,
+            pending,
+            queue: Mutex::new(tx),
+            serial: AtomicU64::new(0),
+        })
+    }
+
+    /// Moves `path` into the trash, charged to `tenant` until deleted.
+    /// A path that does not exist is nothing to do.
+    pub fn discard(&self, path: &Path, tenant: &str) -> std::io::Result<()> {
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let dest = self.dir.join(format!(
+            "{name}.{}.{serial}-{}",
+            hex::encode(tenant),
+            std::process::id()
+        ));
+        match std::fs::rename(path, &dest) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        *lock(&self.pending).entry(tenant.to_string()).or_default() += 1;
+        if lock(&self.queue).send((dest.clone(), tenant.to_string())).is_err() {
+            // The reaper is gone (it never is while the provider lives):
+            // delete inline rather than leak.
+            remove(&dest);
+            release(&self.pending, tenant);
+        }
+        Ok(())
+    }
+
+    /// How many of `tenant`'s directories are still being deleted.
+    pub fn pending(&self, tenant: &str) -> usize {
+        lock(&self.pending).get(tenant).copied().unwrap_or(0)
+    }
+}
+
+/// The tenant a trash entry is charged to: `<id>.<hex tenant>.<serial>`.
+fn tenant_of(path: &Path) -> String {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    name.split('.')
+        .nth(1)
+        .and_then(|h| hex::decode(h).ok())
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or_default()
+}
+
+fn reap(rx: mpsc::Receiver<(PathBuf, String)>, pending: Arc<Mutex<HashMap<String, usize>>>) {
+    while let Ok((path, tenant)) = rx.recv() {
+        let mut attempt = 1;
+        while !remove(&path) && attempt < ATTEMPTS {
+            std::thread::sleep(Duration::from_millis(200 * u64::from(attempt)));
+            attempt += 1;
+        }
+        release(&pending, &tenant);
+    }
+}
+
+/// Deletes `path` (never following symlinks); whether it is gone.
+fn remove(path: &Path) -> bool {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => {
+            tracing::warn!("cannot delete {} yet: {e}", path.display());
+            false
+        }
+    }
+}
+
+fn release(pending: &Mutex<HashMap<String, usize>>, tenant: &str) {
+    let mut pending = lock(pending);
+    if let Some(n) = pending.get_mut(tenant) {
+        *n -= 1;
+        if *n == 0 {
+            pending.remove(tenant);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wait_until(what: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !what() {
+            assert!(std::time::Instant::now() < deadline, "timed out");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_discarded_directory_leaves_at_once_and_stays_charged_until_deleted() {
+        let data = tempfile::tempdir().unwrap();
+        let trash = Trash::open(data.path().join("trash")).unwrap();
+        let sandbox = data.path().join("sb_1");
+        std::fs::create_dir_all(sandbox.join("a/b/c")).unwrap();
+        for i in 0..2000 {
+            std::fs::write(sandbox.join(format!("a/f{i}")), b"x").unwrap();
+        }
+        trash.discard(&sandbox, "tenant/one").unwrap();
+        assert!(!sandbox.exists());
+        // Charged from the discard until the reaper has deleted it.
+        let charged = trash.pending("tenant/one");
+        let left = std::fs::read_dir(data.path().join("trash")).unwrap().count();
+        assert!(charged == 1 || left == 0, "{charged} charged, {left} left");
+        wait_until(|| trash.pending("tenant/one") == 0);
+        assert_eq!(std::fs::read_dir(data.path().join("trash")).unwrap().count(), 0);
+        // Nothing there is nothing to do.
+        trash.discard(&sandbox, "tenant/one").unwrap();
+        assert_eq!(trash.pending("tenant/one"), 0);
+    }
+
+    #[test]
+    fn what_an_earlier_run_left_in_the_trash_is_charged_and_deleted_at_open() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = data.path().join("trash");
+        let left = dir.join(format!("sb_2.{}.0-1", hex::encode("acme")));
+        std::fs::create_dir_all(left.join("deep/er")).unwrap();
+        std::fs::write(left.join("deep/er/file"), b"data").unwrap();
+        let trash = Trash::open(dir.clone()).unwrap();
+        wait_until(|| !left.exists());
+        wait_until(|| trash.pending("acme") == 0);
+        assert_eq!(tenant_of(&left), "acme");
+        assert_eq!(tenant_of(Path::new("no-tenant")), "");
+    }
+}

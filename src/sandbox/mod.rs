@@ -354,20 +354,12 @@ impl SandboxService {
     pub fn held(&self, tenant: &TenantId) -> quotas::Usage {
         let disk_mb = self.settings.sandbox.disk_quota_mb;
         let freeing: usize = self.providers.values().map(|p| p.freeing(tenant)).sum();
-        let start = quotas::Usage {
-            disk_mb: disk_mb.saturating_mul(freeing as u64),
-            ..quotas::Usage::default()
-        };
-        self.registry.fold(start, |usage, sb| {
-            if &sb.tenant != tenant {
-                return usage;
-            }
-            usage.plus(quotas::Usage {
-                sandboxes: 1,
-                memory_mb: sb.memory_mb,
-                disk_mb,
-            })
-        })
+        let tally = self.registry.tally(tenant);
+        quotas::Usage {
+            sandboxes: tally.sandboxes,
+            memory_mb: tally.memory_mb,
+            disk_mb: disk_mb.saturating_mul((tally.sandboxes + freeing) as u64),
+        }
     }
 
     pub async fn create(&self, tenant: &TenantId, req: CreateSandbox) -> Result<Sandbox, ServiceError> {

@@ -434,7 +434,11 @@ impl SandboxService {
         memory_mb: u64,
     ) -> Result<quotas::Reservation<'_>, ServiceError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let freeing = || self.providers.values().any(|p| p.freeing(tenant) > 0);
         loop {
+            // Read before the check: a delete that finishes during the
+            // check still gets the create another try.
+            let was_freeing = freeing();
             let refused = match self.quotas.reserve(
                 tenant,
                 &self.limits(tenant),
@@ -444,8 +448,7 @@ impl SandboxService {
                 Ok(reservation) => return Ok(reservation),
                 Err(why) => why,
             };
-            let freeing = self.providers.values().any(|p| p.freeing(tenant) > 0);
-            if !freeing || tokio::time::Instant::now() >= deadline {
+            if !(was_freeing || freeing()) || tokio::time::Instant::now() >= deadline {
                 return Err(ServiceError::ResourceLimit(refused));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;

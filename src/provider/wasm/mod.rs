@@ -15,6 +15,7 @@ mod quota;
 mod reactor;
 mod shell;
 mod snapshot;
+mod spares;
 mod trash;
 
 pub use self::snapshot::is_built as snapshot_is_built;
@@ -72,6 +73,8 @@ pub struct WasmProvider {
     packages_timeout: std::time::Duration,
     /// Destroyed sandboxes' directories, deleted in the background.
     trash: trash::Trash,
+    /// Sandbox directories made ahead of the creates.
+    spares: spares::Spares,
 }
 
 impl WasmProvider {
@@ -101,8 +104,10 @@ impl WasmProvider {
             async move { packages.prepare().await }
         });
         let trash = trash::Trash::open(settings.data_dir.join("trash"))?;
+        let spares = spares::Spares::open(settings.data_dir.join("spare"), SKELETON, |p| trash.discard(p, ""))?;
         Ok(WasmProvider {
             trash,
+            spares,
             contexts,
             packages,
             packages_timeout: settings.exec.default_timeout,
@@ -511,13 +516,10 @@ impl Provider for WasmProvider {
             }
         }
         let dir = self.dir(sandbox);
-        // A handful of mkdirs: cheap enough to do inline on the request path.
-        std::fs::create_dir(&dir)
-            .map_err(|e| ProviderError::Internal(anyhow::anyhow!("cannot create {}: {e}", dir.display())))?;
-        for sub in SKELETON {
-            std::fs::create_dir(dir.join(sub)).map_err(|e| ProviderError::Internal(e.into()))?;
-        }
-        Ok(())
+        // One rename of a directory made ahead, in the common case.
+        self.spares
+            .take(&dir)
+            .map_err(|e| ProviderError::Internal(anyhow::anyhow!("cannot create {}: {e}", dir.display())))
     }
 
     async fn destroy(&self, sandbox: &Sandbox) -> Result<(), ProviderError> {

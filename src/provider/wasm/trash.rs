@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
+use crate::sandbox::lock;
+
 /// A directory gone from the trash can still be written by a guest that
 /// was running when its sandbox was destroyed; it is tried again this many
 /// times before being left for the next start.
@@ -116,12 +118,81 @@ fn reap(rx: mpsc::Receiver<(PathBuf, String)>, pending: Arc<Mutex<HashMap<String
 
 /// Deletes `path` (never following symlinks); whether it is gone.
 fn remove(path: &Path) -> bool {
-    match std::fs::remove_dir_all(path) {
+    match remove_tree(path) {
         Ok(()) => true,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
         Err(e) => {
             tracing::warn!("cannot delete {} yet: {e}", path.display());
             false
+        }
+    }
+}
+
+/// Directories held open at once while deleting; a subdirectory found
+/// deeper is moved up to the top of the tree and deleted from there.
+const MAX_DEPTH: usize = 64;
+
+/// Deletes the tree at `path` with a bounded stack and bounded open
+/// directories, whatever its depth: a guest can nest directories far
+/// deeper than `std::fs::remove_dir_all`'s recursion survives (100,000
+/// levels overflow a 2 MiB stack and abort the process).
+fn remove_tree(path: &Path) -> std::io::Result<()> {
+    use cap_std::fs::{Dir, ReadDir};
+    struct Level {
+        dir: Dir,
+        entries: ReadDir,
+        name: std::ffi::OsString,
+    }
+    let root = Dir::open_ambient_dir(path, cap_std::ambient_authority())?;
+    let mut moved: u64 = 0;
+    // Subtrees moved up while the top was being listed may be missed by
+    // that listing: the tree is walked again while each walk removes
+    // something, until the top itself can go.
+    loop {
+        let mut progress = false;
+        let mut stack = vec![Level {
+            entries: root.entries()?,
+            dir: root.try_clone()?,
+            name: Default::default(),
+        }];
+        loop {
+            let depth = stack.len();
+            let Some(level) = stack.last_mut() else { break };
+            match level.entries.next() {
+                Some(entry) => {
+                    let entry = entry?;
+                    let name = entry.file_name();
+                    if !entry.file_type()?.is_dir() {
+                        level.dir.remove_file(&name)?;
+                        progress = true;
+                    } else if depth >= MAX_DEPTH {
+                        moved += 1;
+                        let to = format!(".stacyvm-deep-{}-{moved}", std::process::id());
+                        level.dir.rename(&name, &root, to)?;
+                        progress = true;
+                    } else {
+                        let dir = level.dir.open_dir(&name)?;
+                        stack.push(Level {
+                            entries: dir.entries()?,
+                            dir,
+                            name,
+                        });
+                    }
+                }
+                None => {
+                    let done = stack.pop().expect("the loop holds a level");
+                    if let Some(parent) = stack.last() {
+                        drop(done.entries);
+                        drop(done.dir);
+                        parent.dir.remove_dir(&done.name)?;
+                        progress = true;
+                    }
+                }
+            }
+        }
+        match std::fs::remove_dir(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty && progress => continue,
+            other => return other,
         }
     }
 }
@@ -134,10 +205,6 @@ fn release(pending: &Mutex<HashMap<String, usize>>, tenant: &str) {
             pending.remove(tenant);
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -172,6 +239,41 @@ mod tests {
         // Nothing there is nothing to do.
         trash.discard(&sandbox, "tenant/one").unwrap();
         assert_eq!(trash.pending("tenant/one"), 0);
+    }
+
+    #[test]
+    fn a_tree_a_hundred_thousand_levels_deep_is_deleted_without_overflowing_the_stack() {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let data = tempfile::tempdir().unwrap();
+        let top = data.path().join("deep");
+        std::fs::create_dir(&top).unwrap();
+        // Built through directory descriptors, as a guest can: no path
+        // could name the bottom.
+        let mut fd: OwnedFd = std::fs::File::open(&top).unwrap().into();
+        for i in 0..100_000 {
+            use std::os::fd::AsRawFd;
+            let name = if i % 1000 == 0 { c"f" } else { c"a" };
+            // SAFETY: valid descriptor and C strings.
+            unsafe {
+                if i % 1000 == 0 {
+                    let f = libc::openat(fd.as_raw_fd(), name.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o600);
+                    assert!(f >= 0);
+                    libc::close(f);
+                }
+                assert_eq!(libc::mkdirat(fd.as_raw_fd(), c"a".as_ptr(), 0o700), 0);
+                let next = libc::openat(fd.as_raw_fd(), c"a".as_ptr(), libc::O_DIRECTORY | libc::O_RDONLY);
+                assert!(next >= 0);
+                fd = OwnedFd::from_raw_fd(next);
+            }
+        }
+        drop(fd);
+        // The reaper's thread has a 2 MiB stack; so does this one.
+        let handle = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || remove_tree(&top).map_err(|e| e.to_string()))
+            .unwrap();
+        assert_eq!(handle.join().unwrap(), Ok(()));
+        assert_eq!(std::fs::read_dir(data.path()).unwrap().count(), 0);
     }
 
     #[test]

@@ -55,13 +55,13 @@ pub async fn measure(
             let groupby = format!("python3.15 -c \"{GROUPBY_CODE}\"");
             let n = samples.unwrap_or(100);
             eprintln!("bench: {DATA_IMAGE} pandas exec, {warmup} + {n} times");
-            let result = timed_execs(api, &id, &pandas, PANDAS_EXPECTED, warmup, n).await;
+            let result = super::time_execs(api, &id, &pandas, PANDAS_EXPECTED, warmup, n).await;
             let result = match result {
                 Ok(s) => {
                     push("python:3.15 pandas exec", s);
                     let n = samples.unwrap_or(50);
                     eprintln!("bench: {DATA_IMAGE} pandas groupby of 100k rows, {warmup} + {n} times");
-                    timed_execs(api, &id, &groupby, GROUPBY_EXPECTED, warmup, n).await
+                    super::time_execs(api, &id, &groupby, GROUPBY_EXPECTED, warmup, n).await
                 }
                 Err(e) => Err(e),
             };
@@ -102,30 +102,6 @@ pub async fn measure(
         Err(e) => notes.push(format!("pip metrics skipped: {e:#}")),
     }
     Ok(out)
-}
-
-/// Times `command` in one sandbox, checking its output every time.
-async fn timed_execs(
-    api: &Api,
-    id: &str,
-    command: &str,
-    expected: &str,
-    warmup: usize,
-    samples: usize,
-) -> anyhow::Result<Option<Summary>> {
-    let mut times = Vec::with_capacity(samples);
-    for i in 0..warmup + samples {
-        let started = Instant::now();
-        let stdout = api.exec(id, command).await?;
-        let elapsed = started.elapsed();
-        if stdout != expected {
-            bail!("{command:?} printed {stdout:?}, not {expected:?}");
-        }
-        if i >= warmup {
-            times.push(elapsed);
-        }
-    }
-    Ok(Summary::of(times))
 }
 
 /// `pip install humanize` in fresh `python:3.14` sandboxes: the first with

@@ -470,7 +470,7 @@ async fn exec_latency(
 
 /// Times `command` run one at a time in sandbox `id`, checking that each
 /// run prints `expected`.
-async fn time_execs(
+pub(super) async fn time_execs(
     api: &Api,
     id: &str,
     command: &str,

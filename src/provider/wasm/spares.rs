@@ -10,6 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
+use crate::sandbox::lock;
+
 /// How many skeletons are kept ready: a burst of creates larger than this
 /// makes its own directories until the thread catches up.
 const READY: usize = 64;
@@ -119,10 +121,6 @@ fn make(dir: &Path, skeleton: &[&str]) -> std::io::Result<()> {
         std::fs::create_dir(dir.join(sub))?;
     }
     Ok(())
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -81,6 +81,72 @@ async fn glob_bombs_are_refused_or_bounded() {
     assert_up(&app).await;
 }
 
+/// Nests directories through directory descriptors, as deep as the entry
+/// quota lets it (no path could name the bottom), and prints the depth.
+const NEST_DEEP: &str = r#"
+import os
+fd = os.open("/workspace", os.O_RDONLY)
+os.mkdir("deep", dir_fd=fd)
+n = 0
+try:
+    while n < 200_000:
+        nxt = os.open("deep" if n == 0 else "a", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = nxt
+        os.mkdir("a", dir_fd=fd)
+        n += 1
+except OSError:
+    pass
+print(n)
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tree_the_guest_nests_a_hundred_thousand_deep_is_deleted_and_a_fork_of_it_refused() {
+    let app = TestApp::spawn().await;
+    let id = app.create_wasm().await;
+    let neighbour = app.create_wasm().await;
+    let answer = app
+        .exec(
+            &id,
+            json!({"command": "python3", "mode": "argv", "args": ["-c", NEST_DEEP], "timeout": "120s"}),
+        )
+        .await;
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    let depth: u64 = answer.1["stdout"].as_str().unwrap().trim().parse().unwrap();
+    assert!(depth > 90_000, "only {depth} levels: {}", answer.1);
+    // A fork does not copy what it cannot measure, and says why.
+    let fork = send(app.post(&format!("/sandboxes/{id}/fork")).json(&json!({}))).await;
+    crate::helpers::assert_error(
+        &fork,
+        409,
+        "conflict",
+        "the sandbox's files nest deeper than 256 directories, which a fork does not copy",
+    );
+    let (_, list) = send(app.get("/sandboxes")).await;
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        2,
+        "the failed fork left a sandbox: {list}"
+    );
+    // A recursive delete walks it with bounded stack and descriptors.
+    let f = |p: &str| format!("/sandboxes/{id}/files{p}");
+    let deleted = send(
+        app.delete(&f(""))
+            .query(&[("path", "/workspace/deep"), ("recursive", "true")]),
+    )
+    .await;
+    assert_eq!(deleted.0, 200, "{}", deleted.1);
+    assert_eq!(deleted.1["status"], "deleted");
+    let gone = send(app.get(&f("/stat")).query(&[("path", "/workspace/deep")])).await;
+    assert_eq!(gone.0, 404, "{}", gone.1);
+    assert!(!app.sandbox_dir(&id).join("workspace/deep").exists());
+    // The quota is whole again: the sandbox can write.
+    let after = app.run(&id, "echo fine > /workspace/f && cat /workspace/f").await;
+    assert_eq!(after["stdout"], "fine\n");
+    assert_eq!(app.run(&neighbour, "echo ok").await["stdout"], "ok\n");
+    assert_up(&app).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn setuid_modes_never_reach_the_host() {
     use std::os::unix::fs::PermissionsExt;

@@ -416,11 +416,13 @@ fn dir_bytes(dir: &Path) -> u64 {
 /// Copies a sandbox's directory tree: regular files (with `copy_file_range`,
 /// which reflinks where the filesystem can), directories and symlinks, as
 /// they are, through an explicit stack (no recursion on the guest's depth).
+/// A tree nested deeper than the disk quota can measure is refused with
+/// [`TreeTooDeep`] rather than half copied.
 fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir(to)?;
-    let mut stack = vec![(from.to_path_buf(), to.to_path_buf())];
-    while let Some((src, dst)) = stack.pop() {
+    let mut stack = vec![(from.to_path_buf(), to.to_path_buf(), 1)];
+    while let Some((src, dst, depth)) = stack.pop() {
         for entry in std::fs::read_dir(&src)? {
             let entry = entry?;
             let kind = entry.file_type()?;
@@ -428,10 +430,13 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
             if kind.is_symlink() {
                 std::os::unix::fs::symlink(std::fs::read_link(&s)?, &d)?;
             } else if kind.is_dir() {
+                if depth >= super::quota::MAX_WALK_DEPTH {
+                    return Err(std::io::Error::other(TreeTooDeep));
+                }
                 std::fs::create_dir(&d)?;
                 let mode = entry.metadata()?.permissions().mode() & 0o777;
                 std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode | 0o700))?;
-                stack.push((s, d));
+                stack.push((s, d, depth + 1));
             } else if kind.is_file() {
                 std::fs::copy(&s, &d)?;
             }
@@ -439,6 +444,14 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// A sandbox's files nest deeper than a fork copies.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the sandbox's files nest deeper than {} directories, which a fork does not copy",
+    super::quota::MAX_WALK_DEPTH
+)]
+struct TreeTooDeep;
 
 fn copy_dir_files(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
@@ -762,7 +775,10 @@ impl ContextBackend for WasmProvider {
         tokio::task::spawn_blocking(move || copy_tree(&from, &to))
             .await
             .map_err(|e| ProviderError::Internal(e.into()))?
-            .map_err(|e| ProviderError::Internal(anyhow::anyhow!("cannot copy the sandbox's files: {e}")))?;
+            .map_err(|e| match e.get_ref().and_then(|e| e.downcast_ref::<TreeTooDeep>()) {
+                Some(deep) => ProviderError::Conflict(deep.to_string()),
+                None => ProviderError::Internal(anyhow::anyhow!("cannot copy the sandbox's files: {e}")),
+            })?;
         for entry in manager.entries(parent) {
             let mut guard = entry.lock_owned().await;
             let id = guard.info.id.clone();

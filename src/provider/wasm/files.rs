@@ -156,7 +156,8 @@ pub fn delete(root: &Dir, path: &SandboxPath, recursive: bool) -> Result<(), Pro
     let meta = root.symlink_metadata(&rel).map_err(|e| io_error(path, e))?;
     let result = if meta.is_dir() {
         if recursive {
-            root.remove_dir_all(&rel)
+            // Bounded, whatever the depth the guest built.
+            super::trash::remove_tree_at(root, Path::new(&rel))
         } else {
             root.remove_dir(&rel)
         }

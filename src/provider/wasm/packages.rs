@@ -789,7 +789,7 @@ impl PackageManager {
             let dists = match outcome {
                 Ok(dists) => dists,
                 Err(e) => {
-                    target.root.remove_dir_all(&staging).ok();
+                    super::trash::remove_tree_at(target.root, std::path::Path::new(&staging)).ok();
                     return Err(e);
                 }
             };
@@ -797,7 +797,7 @@ impl PackageManager {
                 remove_installed(target.root, site_rel, name).ok();
             }
             let moved = merge_into(target.root, &staging, site_rel);
-            target.root.remove_dir_all(&staging).ok();
+            super::trash::remove_tree_at(target.root, std::path::Path::new(&staging)).ok();
             moved.map_err(|e| PackageError::Failed(format!("cannot move the packages into place: {e}")))?;
             Ok(dists
                 .into_iter()
@@ -1041,7 +1041,8 @@ fn merge_into(root: &Dir, from: &str, to: &str) -> std::io::Result<()> {
                 Ok(meta) if meta.is_dir() && entry.file_type()?.is_dir() => stack.push((s, d)),
                 Ok(meta) => {
                     if meta.is_dir() {
-                        root.remove_dir_all(&d)?;
+                        // The guest may have built anything there.
+                        super::trash::remove_tree_at(root, std::path::Path::new(&d))?;
                     } else {
                         root.remove_file(&d)?;
                     }
@@ -1134,7 +1135,8 @@ pub fn remove_installed(root: &Dir, site_rel: &str, name: &str) -> std::io::Resu
         root.remove_dir(format!("{site_rel}/{dir}")).ok();
     }
     // Its RECORD lists the dist-info's own files, so it may be gone now.
-    match root.remove_dir_all(format!("{site_rel}/{}", dist.dist_info)) {
+    let dist_info = format!("{site_rel}/{}", dist.dist_info);
+    match super::trash::remove_tree_at(root, std::path::Path::new(&dist_info)) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }

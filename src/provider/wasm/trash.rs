@@ -133,17 +133,30 @@ fn remove(path: &Path) -> bool {
 const MAX_DEPTH: usize = 64;
 
 /// Deletes the tree at `path` with a bounded stack and bounded open
-/// directories, whatever its depth: a guest can nest directories far
-/// deeper than `std::fs::remove_dir_all`'s recursion survives (100,000
-/// levels overflow a 2 MiB stack and abort the process).
+/// directories, whatever its depth (see [`remove_tree_at`]).
 fn remove_tree(path: &Path) -> std::io::Result<()> {
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("no directory to delete"))?;
+    let parent = cap_std::fs::Dir::open_ambient_dir(parent, cap_std::ambient_authority())?;
+    remove_tree_at(&parent, Path::new(name))
+}
+
+/// Deletes the directory `name` in `parent` and everything in it (a
+/// symlink inside is removed, never followed), with a bounded stack and at most [`MAX_DEPTH`]
+/// directories open, whatever its depth: a guest can nest directories far
+/// deeper than a recursive delete (`std::fs::remove_dir_all`, cap-std's
+/// `remove_dir_all`) survives: 100,000 levels overflow a 2 MiB stack and
+/// abort the process.
+pub(crate) fn remove_tree_at(parent: &cap_std::fs::Dir, name: &Path) -> std::io::Result<()> {
     use cap_std::fs::{Dir, ReadDir};
     struct Level {
         dir: Dir,
         entries: ReadDir,
         name: std::ffi::OsString,
     }
-    let root = Dir::open_ambient_dir(path, cap_std::ambient_authority())?;
+    let root = parent.open_dir(name)?;
     let mut moved: u64 = 0;
     // Subtrees moved up while the top was being listed may be missed by
     // that listing: the tree is walked again while each walk removes
@@ -190,7 +203,7 @@ fn remove_tree(path: &Path) -> std::io::Result<()> {
                 }
             }
         }
-        match std::fs::remove_dir(path) {
+        match parent.remove_dir(name) {
             Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty && progress => continue,
             other => return other,
         }

@@ -15,11 +15,43 @@ use super::client::Api;
 use super::server::Server;
 use super::stats::Summary;
 
-/// The 50 MB of data the fork and resume figures carry.
-const BIG: &str = "globalThis.big = new Uint8Array(50 << 20).fill(1); big.length";
+/// The cells one language's figures run.
+pub struct Language {
+    pub name: &'static str,
+    pub title: &'static str,
+    /// Defines `x = 41`.
+    pub define_x: &'static str,
+    /// Sets `x = 0`, then never ends.
+    pub endless: &'static str,
+    /// Puts 50 MB of data in `big`; the data the fork and resume figures carry.
+    pub big: &'static str,
+    /// The size of `big`, whose result is 52428800.
+    pub big_size: &'static str,
+}
+
+pub const JAVASCRIPT: Language = Language {
+    name: "javascript",
+    title: "JavaScript, QuickJS-NG reactor",
+    define_x: "var x = 41",
+    endless: "x = 0; for (;;) {}",
+    big: "globalThis.big = new Uint8Array(50 << 20).fill(1); big.length",
+    big_size: "big.length",
+};
+
+pub const PYTHON: Language = Language {
+    name: "python",
+    title: "Python, CPython 3.15 with numpy and pandas",
+    define_x: "x = 41",
+    endless: "x = 0\nwhile True: pass",
+    big: "import numpy as np\nbig = np.ones(50 << 20, dtype=np.uint8)\nbig.size",
+    big_size: "big.size",
+};
 
 #[derive(Debug, Serialize)]
 pub struct ContextReport {
+    pub language: String,
+    #[serde(skip)]
+    pub title: &'static str,
     pub latency: Vec<super::report::Latency>,
     /// Median of the cell after a timed-out cell, minus a normal cell's.
     pub rollback_extra_ms: Option<f64>,
@@ -34,7 +66,7 @@ pub struct ContextReport {
 
 impl fmt::Display for ContextReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "### Code contexts (JavaScript, QuickJS-NG reactor)\n")?;
+        writeln!(f, "### Code contexts ({})\n", self.title)?;
         writeln!(f, "| operation | samples | median | p90 | p99 | min |")?;
         writeln!(f, "|---|---:|---:|---:|---:|---:|")?;
         for l in &self.latency {
@@ -102,12 +134,12 @@ impl Api {
         Ok(body)
     }
 
-    async fn create_context(&self, sandbox: &str) -> anyhow::Result<String> {
+    async fn create_context(&self, sandbox: &str, language: &str) -> anyhow::Result<String> {
         let body = self
             .ok(
                 reqwest::Method::POST,
                 &format!("/sandboxes/{sandbox}/contexts"),
-                Some(json!({"language": "javascript"})),
+                Some(json!({"language": language})),
             )
             .await?;
         body["id"].as_str().map(str::to_string).context("no context id")
@@ -145,15 +177,17 @@ pub async fn measure(
     samples: usize,
     warmup: usize,
     idle: usize,
+    lang: &Language,
 ) -> anyhow::Result<ContextReport> {
     let mut latency = vec![];
+    let name = lang.name;
     let sb = api.create("wasm", "python:3.14").await?;
 
     eprintln!("bench: context create, {warmup} + {samples} times");
     let mut times = vec![];
     for i in 0..warmup + samples {
         let started = Instant::now();
-        let ctx = api.create_context(&sb).await?;
+        let ctx = api.create_context(&sb, name).await?;
         let took = started.elapsed();
         api.ok(
             reqwest::Method::DELETE,
@@ -165,11 +199,11 @@ pub async fn measure(
             times.push(took);
         }
     }
-    latency.extend(summary("create a javascript context", times));
+    latency.extend(summary(&format!("create a {name} context"), times));
 
-    eprintln!("bench: trivial cell, {warmup} + {samples} times");
-    let ctx = api.create_context(&sb).await?;
-    api.cell(&sb, &ctx, "var x = 41").await?;
+    eprintln!("bench: trivial {name} cell, {warmup} + {samples} times");
+    let ctx = api.create_context(&sb, name).await?;
+    api.cell(&sb, &ctx, lang.define_x).await?;
     let trivial = time_cells(api, &sb, &ctx, "x + 1", warmup, samples).await?;
     let normal_median = Summary::of(trivial.clone()).map(|s| s.median_ms);
     latency.extend(summary("run `x + 1` in a warm context", trivial));
@@ -184,7 +218,7 @@ pub async fn measure(
             .call(
                 reqwest::Method::POST,
                 &format!("/sandboxes/{sb}/contexts/{ctx}/run"),
-                Some(json!({"code": "x = 0; for (;;) {}", "timeout": "50ms"})),
+                Some(json!({"code": lang.endless, "timeout": "50ms"})),
             )
             .await?;
         if status != 408 || body["rolled_back"] != true {
@@ -202,11 +236,14 @@ pub async fn measure(
     latency.extend(summary("run `x + 1` right after a timed-out cell", after));
     let past_median = Summary::of(past_deadline).map(|s| s.median_ms);
 
-    eprintln!("bench: a 50 MB context: cells and sandbox forks");
-    let big = api.create_context(&sb).await?;
-    api.cell(&sb, &big, BIG).await?;
-    let times = time_cells(api, &sb, &big, "big.length", warmup.min(3), samples.min(50)).await?;
-    latency.extend(summary("run `big.length` in a context holding 50 MB", times));
+    eprintln!("bench: a 50 MB {name} context: cells and sandbox forks");
+    let big = api.create_context(&sb, name).await?;
+    api.cell(&sb, &big, lang.big).await?;
+    let times = time_cells(api, &sb, &big, lang.big_size, warmup.min(3), samples.min(50)).await?;
+    latency.extend(summary(
+        &format!("run `{}` in a context holding 50 MB", lang.big_size),
+        times,
+    ));
     let mut forks = vec![];
     for _ in 0..samples.min(20) {
         let started = Instant::now();
@@ -220,15 +257,15 @@ pub async fn measure(
     latency.extend(summary("fork a sandbox whose context holds 50 MB", forks));
     api.destroy(&sb).await?;
 
-    eprintln!("bench: resume a paused 50 MB context");
+    eprintln!("bench: resume a paused 50 MB {name} context");
     let sb = pausing.create("wasm", "python:3.14").await?;
-    let ctx = pausing.create_context(&sb).await?;
-    pausing.cell(&sb, &ctx, BIG).await?;
+    let ctx = pausing.create_context(&sb, name).await?;
+    pausing.cell(&sb, &ctx, lang.big).await?;
     let mut resumes = vec![];
     for _ in 0..samples.min(8) {
         wait_paused(pausing, &sb, &ctx).await?;
         let started = Instant::now();
-        let body = pausing.cell(&sb, &ctx, "big.length").await?;
+        let body = pausing.cell(&sb, &ctx, lang.big_size).await?;
         resumes.push(started.elapsed());
         if body["result"]["text/plain"] != "52428800" {
             bail!("the resumed context lost its data: {body}");
@@ -255,14 +292,14 @@ pub async fn measure(
 
     let (mut rss_before, mut rss_after, mut per) = (None, None, None);
     if idle > 0 {
-        eprintln!("bench: {idle} idle contexts");
+        eprintln!("bench: {idle} idle {name} contexts");
         rss_before = server.map(|s| s.rss_kib()).transpose()?;
         let mut sandboxes = vec![];
         for i in 0..idle {
             if i % 16 == 0 {
                 sandboxes.push(api.create("wasm", "python:3.14").await?);
             }
-            api.create_context(sandboxes.last().expect("a sandbox")).await?;
+            api.create_context(sandboxes.last().expect("a sandbox"), name).await?;
         }
         rss_after = server.map(|s| s.rss_kib()).transpose()?;
         if let (Some(b), Some(a)) = (rss_before, rss_after) {
@@ -273,6 +310,8 @@ pub async fn measure(
         }
     }
     Ok(ContextReport {
+        language: name.to_string(),
+        title: lang.title,
         latency,
         rollback_extra_ms: after_median.zip(normal_median).map(|(a, n)| a - n),
         timeout_answer_past_deadline_ms: past_median,

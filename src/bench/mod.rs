@@ -35,6 +35,9 @@ const EXPECTED: &str = "42\n";
 /// The exec concurrencies measured: one client, a few, and as many as the
 /// server runs guests at once by default (`exec.max_concurrent` = 32).
 const CONCURRENCIES: [usize; 3] = [1, 8, 32];
+/// Idle Python contexts created for their RSS figure (each holds the pages
+/// its interpreter wrote, megabytes rather than the JavaScript kilobytes).
+const PYTHON_IDLE: usize = 50;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {
@@ -100,8 +103,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 report.density = Some(density(&api, &opts.wasm_image, opts.density_count, None).await?);
             }
             let samples = opts.samples.unwrap_or(200);
-            report.contexts =
-                Some(contexts::measure(&api, &api, None, samples, opts.warmup, opts.context_density).await?);
+            for (lang, idle) in [
+                (&contexts::JAVASCRIPT, opts.context_density),
+                (&contexts::PYTHON, PYTHON_IDLE),
+            ] {
+                let measured = contexts::measure(&api, &api, None, samples, opts.warmup, idle, lang).await?;
+                report.contexts.push(measured);
+            }
             report
         }
         None => {
@@ -190,10 +198,21 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             let (fourth, _) = fourth.start().await?;
             let (api, pausing) = (Api::new(&third.url, None)?, Api::new(&fourth.url, None)?);
             let samples = opts.samples.unwrap_or(200);
-            let measured =
-                contexts::measure(&api, &pausing, Some(&third), samples, opts.warmup, opts.context_density).await;
+            let mut measured = Ok(());
+            for (lang, idle) in [
+                (&contexts::JAVASCRIPT, opts.context_density),
+                (&contexts::PYTHON, PYTHON_IDLE),
+            ] {
+                match contexts::measure(&api, &pausing, Some(&third), samples, opts.warmup, idle, lang).await {
+                    Ok(one) => report.contexts.push(one),
+                    Err(e) => {
+                        measured = Err(e);
+                        break;
+                    }
+                }
+            }
             let stopped = (third.stop().await, fourth.stop().await);
-            report.contexts = Some(measured?);
+            measured?;
             stopped.0?;
             stopped.1?;
             report
@@ -345,7 +364,7 @@ async fn measure(
         latency,
         throughput,
         density: None,
-        contexts: None,
+        contexts: vec![],
         warm_start_ms: None,
         expired_start: None,
         ratios: Default::default(),

@@ -14,7 +14,7 @@ pub struct Report {
     pub throughput: Vec<Throughput>,
     pub density: Option<Density>,
     /// Code contexts: latencies, rollback, resume and idle RSS.
-    pub contexts: Option<super::contexts::ContextReport>,
+    pub contexts: Vec<super::contexts::ContextReport>,
     /// Spawn to the first 200 from /health, with the compile cache warm;
     /// `None` when bench did not start the server.
     pub warm_start_ms: Option<f64>,
@@ -208,7 +208,7 @@ impl fmt::Display for Report {
             ),
             None => writeln!(out, "- wasm exec / native spawn: n/a (native spawns were not measured)"),
         }?;
-        if let Some(contexts) = &self.contexts {
+        for contexts in &self.contexts {
             writeln!(out, "\n{contexts}")?;
         }
         match r.docker_create_over_pooled_docker_create {

@@ -356,19 +356,6 @@ async fn errors_name_the_context_the_language_and_the_tenant_boundary() {
         "not_found",
         "context nope not found",
     );
-    let python = send(
-        app.post(&format!("/sandboxes/{sb}/contexts"))
-            .json(&json!({"language": "python"})),
-    )
-    .await;
-    assert_error(
-        &python,
-        422,
-        "unsupported",
-        "python contexts are not offered by the wasm provider yet: its CPython 3.14 image is a WASI 0.2 \
-         component, whose resource handles live in wasmtime tables that cannot be copied into another \
-         instance; the languages with contexts are: javascript",
-    );
     assert_error(
         &send(
             app.post(&format!("/sandboxes/{sb}/contexts"))

@@ -21,6 +21,7 @@ mod pool;
 mod provider_test;
 mod prune;
 mod python;
+mod python_contexts;
 mod quickjs;
 mod quotas;
 mod restart;

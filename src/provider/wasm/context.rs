@@ -62,6 +62,9 @@ const OFLAGS_CREAT_EXCL_TRUNC: u16 = 1 | 4 | 8;
 const MAX_REPORT_BYTES: usize = 16 << 20;
 /// The page size of a snapshot file's sparse encoding.
 const PAGE: usize = 4096;
+/// The start of a fresh memory that restoring open files writes to: a
+/// descriptor and a path.
+const SCRATCH_BYTES: usize = 64 + MAX_PATH_BYTES;
 
 /// The arguments of a recorded `path_open`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -153,6 +156,9 @@ impl ResourceLimiter for MemoryWatch {
 pub struct ContextHooks {
     pub(super) fds: FdLog,
     limiter: MemoryWatch,
+    /// The last frame the guest sent through `host.call` in this cell: how
+    /// the Python driver reports a cell's `{result, error}`.
+    report: Option<Vec<u8>>,
 }
 
 /// The targets of a context's standard streams, swapped at every cell: the
@@ -344,8 +350,15 @@ pub trait ContextProgram: Send + Sync + 'static {
     fn image(&self) -> &'static str;
     /// Functions the driver calls, exported by name at instrumentation.
     fn entry_points(&self) -> &'static [&'static str];
-    /// Starts the interpreter in a fresh instance, in `cwd`.
-    fn init(&self, store: &mut Store<GuestState>, instance: &Instance, cwd: &str) -> wasmtime::Result<()>;
+    /// Starts the interpreter in a fresh instance, in `cwd`, with `env`
+    /// (also the instance's WASI environment).
+    fn init(
+        &self,
+        store: &mut Store<GuestState>,
+        instance: &Instance,
+        cwd: &str,
+        env: &[(String, String)],
+    ) -> wasmtime::Result<()>;
     /// Runs one cell; an `Err` is a trap or a limit (the caller rolls back).
     fn run_cell(&self, store: &mut Store<GuestState>, instance: &Instance, code: &str) -> wasmtime::Result<CellReport>;
 }
@@ -356,6 +369,25 @@ pub struct ContextImage {
     pub program: Arc<dyn ContextProgram>,
     pre: InstancePre<GuestState>,
     layout: Instrumented,
+    /// Read-only directories preopened after the sandbox's `/`, in this
+    /// order (a pre-initialized interpreter's snapshot holds the layout).
+    mounts: Vec<(PathBuf, String)>,
+    /// The SHA-256 of the compiled program's wasm: a paused context is only
+    /// resumed on the same program.
+    pub sha256: String,
+}
+
+impl ContextImage {
+    /// The memory the program starts with: a context needs at least this.
+    pub fn initial_memory_bytes(&self) -> u64 {
+        self.pre
+            .module()
+            .exports()
+            .filter_map(|export| export.ty().memory().cloned())
+            .map(|memory| memory.minimum().saturating_mul(memory.page_size()))
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 /// The engine of code contexts. It has no pooling allocator: contexts live
@@ -375,12 +407,32 @@ impl ContextEngine {
         catalog: &crate::runtime::Catalog,
         image_dir: &Path,
         offline: bool,
+        reactors: &std::collections::HashMap<String, super::engine::ReactorSource>,
     ) -> anyhow::Result<ContextEngine> {
         let engine = Engine::new(&super::engine::engine_config(None)).map_err(anyhow::Error::from)?;
         let mut linker: Linker<GuestState> = Linker::new(&engine);
         super::guest::add_to_linker(&mut linker).map_err(anyhow::Error::from)?;
+        add_report_door(&mut linker).map_err(anyhow::Error::from)?;
         let mut images = vec![];
         let mut unavailable = BTreeMap::new();
+        // Python: the pre-initialized CPython 3.15 reactor the execs of
+        // `python:3.15` run, the same compiled program (the compile cache
+        // finds it: both engines compile alike).
+        let python: Arc<dyn ContextProgram> = Arc::new(Python315);
+        let loaded = match reactors.get(Python315::MANIFEST) {
+            Some(source) => load_reactor(&engine, &linker, source, python.clone(), image_dir).await,
+            None => Err(anyhow::anyhow!(
+                "the image {} (python:3.15) is not loaded on this server",
+                Python315::MANIFEST
+            )),
+        };
+        match loaded {
+            Ok(image) => images.push(Arc::new(image)),
+            Err(e) => {
+                tracing::warn!(language = python.language(), "code contexts are unavailable: {e:#}");
+                unavailable.insert(python.language(), format!("{e:#}"));
+            }
+        }
         let programs: Vec<(Arc<dyn ContextProgram>, &str)> = vec![(Arc::new(QuickJs), QuickJs::MANIFEST)];
         for (program, manifest) in programs {
             let loaded = match catalog.image(manifest) {
@@ -423,6 +475,7 @@ async fn load_image(
         .with_context(|| format!("cannot instrument image {}", manifest.name))?;
     let path = image_dir.join(format!("{}.context.wasm", manifest.name));
     let sha = hex::encode(sha2::Sha256::digest(&layout.wasm));
+    let sha_of_module = sha.clone();
     if crate::runtime::fetch::sha256_file(&path).ok().as_deref() != Some(sha.as_str()) {
         crate::runtime::fetch::write_atomically(&path, &layout.wasm)?;
     }
@@ -438,7 +491,108 @@ async fn load_image(
         .instantiate_pre(&module)
         .map_err(anyhow::Error::from)
         .with_context(|| format!("cannot link image {}", manifest.name))?;
-    Ok(ContextImage { program, pre, layout })
+    Ok(ContextImage {
+        program,
+        pre,
+        layout,
+        mounts: vec![],
+        sha256: sha_of_module,
+    })
+}
+
+/// A pre-initialized reactor, already instrumented when it was built: the
+/// exec engine's program, loaded from the same compile cache entry.
+async fn load_reactor(
+    engine: &Engine,
+    linker: &Linker<GuestState>,
+    source: &super::engine::ReactorSource,
+    program: Arc<dyn ContextProgram>,
+    image_dir: &Path,
+) -> anyhow::Result<ContextImage> {
+    let (engine2, name, cache) = (engine.clone(), Python315::MANIFEST.to_string(), image_dir.join("cache"));
+    let (path, sha) = (source.wasm.clone(), source.sha256.clone());
+    let module =
+        tokio::task::spawn_blocking(move || super::engine::load_cached::<Module>(&engine2, &name, &path, &sha, &cache))
+            .await??;
+    let pre = linker
+        .instantiate_pre(&module)
+        .map_err(anyhow::Error::from)
+        .context("cannot link the python:3.15 snapshot for contexts")?;
+    let layout = Instrumented {
+        wasm: vec![],
+        memories: source.layout.memories.clone(),
+        globals: source.layout.globals.clone(),
+        tables: source.layout.tables.clone(),
+    };
+    Ok(ContextImage {
+        program,
+        pre,
+        layout,
+        mounts: source.mounts.clone(),
+        sha256: source.sha256.clone(),
+    })
+}
+
+/// The module a reactor imports its door to the host from.
+const DOOR_MODULE: &str = "host";
+/// What the door answers: a response was written, or the frame was refused.
+const DOOR_OK: i32 = 0;
+const DOOR_FAULT: i32 = -2;
+
+/// `host.call(ptr, len, out_ptr_ptr, out_len_ptr) -> i32`, the door of the
+/// CPython 3.15 reactor (`_host.call(frame) -> bytes` in Python). In a
+/// context it carries one thing: the driver's report of a cell, kept as
+/// the cell's `{result, error}`; the answer is empty. Outside a context
+/// (never here) and for frames over [`MAX_REPORT_BYTES`] it faults, and
+/// the guest raises `OSError`.
+fn add_report_door(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        DOOR_MODULE,
+        "call",
+        |mut caller: wasmtime::Caller<'_, GuestState>,
+         ptr: i32,
+         len: i32,
+         out_ptr: i32,
+         out_len: i32|
+         -> wasmtime::Result<i32> {
+            let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
+            let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
+                return Ok(DOOR_FAULT);
+            };
+            if len > MAX_REPORT_BYTES || caller.data().context.is_none() {
+                return Ok(DOOR_FAULT);
+            }
+            let mut frame = vec![0u8; len];
+            if memory.read(&caller, ptr, &mut frame).is_err() {
+                return Ok(DOOR_FAULT);
+            }
+            // An empty answer in a buffer of the guest's own allocator,
+            // which the guest frees.
+            let Some(alloc) = caller
+                .get_export("host_alloc")
+                .and_then(|e| e.into_func())
+                .and_then(|f| f.typed::<i32, i32>(&caller).ok())
+            else {
+                return Ok(DOOR_FAULT);
+            };
+            let answer = alloc.call(&mut caller, 1)?;
+            if answer == 0
+                || memory
+                    .write(&mut caller, out_ptr as u32 as usize, &answer.to_le_bytes())
+                    .is_err()
+                || memory
+                    .write(&mut caller, out_len as u32 as usize, &0u32.to_le_bytes())
+                    .is_err()
+            {
+                return Ok(DOOR_FAULT);
+            }
+            if let Some(context) = caller.data_mut().context.as_mut() {
+                context.report = Some(frame);
+            }
+            Ok(DOOR_OK)
+        },
+    )?;
+    Ok(())
 }
 
 use sha2::Digest as _;
@@ -473,8 +627,27 @@ pub enum GlobalBits {
 /// from the rest because they are what is large.
 #[derive(Clone, Default)]
 pub struct Snapshot {
-    pub memories: Vec<Vec<u8>>,
+    pub memories: Vec<MemoryCopy>,
     pub state: SnapshotState,
+}
+
+/// A linear memory as the pages that may differ from a fresh instance's:
+/// a restore instantiates the program afresh (its memory is the module's
+/// image, copy-on-write, and zeros past it), grows it to `size` and writes
+/// these pages back. Which pages those are comes from the kernel's page
+/// table (`/proc/self/pagemap`): a page still backed by the image file, or
+/// never touched, holds what a fresh instance holds; only pages written
+/// since the instance started (private anonymous ones, or swapped out) are
+/// copied. A context whose interpreter's heap is hundreds of megabytes but
+/// whose cells touch a few costs a copy of those few.
+#[derive(Clone, Default)]
+pub struct MemoryCopy {
+    /// The memory's size in bytes (whole wasm pages).
+    pub size: usize,
+    /// The 4 KiB pages held, ascending.
+    pub pages: Vec<u32>,
+    /// Their bytes, [`PAGE`] each, in the order of `pages`.
+    pub bytes: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -530,6 +703,11 @@ fn new_store(image: &ContextImage, env: &ContextEnv, io: &CellIo) -> Result<Stor
         .allow_blocking_current_thread(true)
         .preopened_dir(&env.sandbox_dir, "/", FsPerms::ReadWrite)
         .map_err(|e| ProviderError::Internal(anyhow::Error::from(e).context("cannot preopen the sandbox directory")))?;
+    for (host, guest) in &image.mounts {
+        builder
+            .preopened_dir(host, guest, FsPerms::ReadOnly)
+            .map_err(|e| ProviderError::Internal(anyhow::Error::from(e).context(format!("cannot preopen {guest}"))))?;
+    }
     let wasi: WasiP1Ctx = builder.build_p1();
     let hooks = ContextHooks {
         fds: FdLog::default(),
@@ -537,6 +715,7 @@ fn new_store(image: &ContextImage, env: &ContextEnv, io: &CellIo) -> Result<Stor
             limit: env.memory_bytes,
             hit: false,
         },
+        report: None,
     };
     let mut store = Store::new(
         image.pre.module().engine(),
@@ -574,7 +753,10 @@ impl LiveContext {
             |e: wasmtime::Error| ProviderError::Internal(anyhow::Error::from(e).context("cannot start the context"));
         setup_limits(&mut store).map_err(internal)?;
         let instance = image.pre.instantiate(&mut store).map_err(internal)?;
-        image.program.init(&mut store, &instance, cwd).map_err(internal)?;
+        image
+            .program
+            .init(&mut store, &instance, cwd, &env.env)
+            .map_err(internal)?;
         Ok(LiveContext {
             store,
             instance,
@@ -602,7 +784,12 @@ impl LiveContext {
             io,
             image,
         };
+        // Reopening lends the start of the fresh memory as scratch space;
+        // the snapshot may not hold those pages (they are the image's), so
+        // they are put back as they were.
+        let scratch = live.scratch_bytes().map_err(fail)?;
         live.reopen_files(&snapshot.state.files).map_err(fail)?;
+        live.put_scratch_back(&scratch).map_err(fail)?;
         live.write_state(snapshot).map_err(fail)?;
         Ok(live)
     }
@@ -651,11 +838,25 @@ impl LiveContext {
     pub fn snapshot(&mut self, reuse: Option<Snapshot>) -> anyhow::Result<Snapshot> {
         let mut snapshot = reuse.unwrap_or_default();
         let memories = self.memories();
-        snapshot.memories.resize_with(memories.len(), Vec::new);
-        for (memory, buf) in memories.iter().zip(snapshot.memories.iter_mut()) {
+        snapshot.memories.resize_with(memories.len(), MemoryCopy::default);
+        for (memory, copy) in memories.iter().zip(snapshot.memories.iter_mut()) {
             let data = memory.data(&self.store);
-            buf.clear();
-            buf.extend_from_slice(data);
+            copy.size = data.len();
+            copy.pages.clear();
+            copy.bytes.clear();
+            super::pagemap::written_pages(data, &mut copy.pages);
+            copy.bytes.reserve(copy.pages.len() * PAGE);
+            // Runs of consecutive pages are copied in one go.
+            let mut i = 0;
+            while i < copy.pages.len() {
+                let start = copy.pages[i] as usize;
+                let mut end = start + 1;
+                while i + (end - start) < copy.pages.len() && copy.pages[i + (end - start)] as usize == end {
+                    end += 1;
+                }
+                copy.bytes.extend_from_slice(&data[start * PAGE..end * PAGE]);
+                i += end - start;
+            }
         }
         let globals = self.globals();
         snapshot.state.globals = globals
@@ -694,22 +895,28 @@ impl LiveContext {
                 memories.len()
             );
         }
-        for (memory, bytes) in memories.iter().zip(&snapshot.memories) {
+        for (memory, copy) in memories.iter().zip(&snapshot.memories) {
             let have = memory.data_size(&self.store);
-            if bytes.len() < have || bytes.len() % 65536 != 0 {
-                bail!(
-                    "a snapshot memory of {} bytes cannot replace one of {have}",
-                    bytes.len()
-                );
+            if copy.size < have || copy.size % 65536 != 0 {
+                bail!("a snapshot memory of {} bytes cannot replace one of {have}", copy.size);
             }
-            let pages = ((bytes.len() - have) / 65536) as u64;
+            if copy.bytes.len() != copy.pages.len() * PAGE {
+                bail!("a snapshot memory's pages and bytes disagree");
+            }
+            let pages = ((copy.size - have) / 65536) as u64;
             if pages > 0 {
                 memory
                     .grow(&mut self.store, pages)
                     .map_err(anyhow::Error::from)
                     .context("cannot grow the memory to the snapshot's size")?;
             }
-            memory.data_mut(&mut self.store).copy_from_slice(bytes);
+            let data = memory.data_mut(&mut self.store);
+            for (page, bytes) in copy.pages.iter().zip(copy.bytes.chunks_exact(PAGE)) {
+                let at = *page as usize * PAGE;
+                data.get_mut(at..at + PAGE)
+                    .context("a snapshot page lies outside its memory")?
+                    .copy_from_slice(bytes);
+            }
         }
         let globals = self.globals();
         if globals.len() != snapshot.state.globals.len() {
@@ -756,6 +963,25 @@ impl LiveContext {
         let wasi = state.wasi_mut();
         wasi1::WasiSnapshotPreview1::set_hostcall_fuel(wasi, fuel);
         f(wasi, &mut mem)
+    }
+
+    /// The bytes [`Self::reopen_files`] uses as scratch space.
+    fn scratch_bytes(&mut self) -> anyhow::Result<Vec<u8>> {
+        let memory = self
+            .instance
+            .get_memory(&mut self.store, "memory")
+            .context("the program exports no memory")?;
+        let data = memory.data(&self.store);
+        Ok(data[..SCRATCH_BYTES.min(data.len())].to_vec())
+    }
+
+    fn put_scratch_back(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        let memory = self
+            .instance
+            .get_memory(&mut self.store, "memory")
+            .context("the program exports no memory")?;
+        memory.data_mut(&mut self.store)[..bytes.len()].copy_from_slice(bytes);
+        Ok(())
     }
 
     /// A file's current position, if it has one.
@@ -931,25 +1157,42 @@ fn classify(error: wasmtime::Error, memory_hit: bool) -> CellFailure {
     }
 }
 
-/// Writes a snapshot to `dir`: each memory as its non-zero pages (a fresh
-/// memory is zero, so only what the program wrote costs disk), and the rest
-/// as JSON. Returns the bytes written.
+/// The layout of a paused context's files. Version 1 held a memory's
+/// non-zero pages, each after its index, the rest being zero; version 2
+/// holds the pages that may differ from a fresh instance ([`MemoryCopy`]):
+/// the memory's size (u64), the page count (u64), every page index (u32),
+/// then the pages' bytes in that order, so that they read in one go.
+const SNAPSHOT_FORMAT: u64 = 2;
+
+/// Writes a snapshot to `dir`: each memory (format 2), then the rest as
+/// JSON, each file synced before it is renamed into place. Returns the
+/// bytes written.
 pub fn write_snapshot(dir: &Path, snapshot: &Snapshot, meta: &serde_json::Value) -> anyhow::Result<u64> {
+    use std::io::Write as _;
     std::fs::create_dir_all(dir)?;
     let mut total = 0u64;
     for (i, memory) in snapshot.memories.iter().enumerate() {
-        let mut out = Vec::with_capacity(memory.len() / 4);
-        out.extend_from_slice(&(memory.len() as u64).to_le_bytes());
-        for (page, bytes) in memory.chunks(PAGE).enumerate() {
-            if bytes.iter().any(|&b| b != 0) {
-                out.extend_from_slice(&(page as u32).to_le_bytes());
-                out.extend_from_slice(bytes);
-            }
+        let mut head = Vec::with_capacity(16 + memory.pages.len() * 4);
+        head.extend_from_slice(&(memory.size as u64).to_le_bytes());
+        head.extend_from_slice(&(memory.pages.len() as u64).to_le_bytes());
+        for page in &memory.pages {
+            head.extend_from_slice(&page.to_le_bytes());
         }
-        total += out.len() as u64;
-        crate::runtime::fetch::write_atomically(&dir.join(format!("memory-{i}.bin")), &out)?;
+        let dest = dir.join(format!("memory-{i}.bin"));
+        let tmp = dir.join(format!("memory-{i}.bin.tmp"));
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(&head)?;
+        f.write_all(&memory.bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &dest)?;
+        total += (head.len() + memory.bytes.len()) as u64;
     }
-    let state = serde_json::json!({"meta": meta, "state": snapshot.state, "memories": snapshot.memories.len()});
+    let state = serde_json::json!({
+        "format": SNAPSHOT_FORMAT,
+        "meta": meta,
+        "state": snapshot.state,
+        "memories": snapshot.memories.len(),
+    });
     let text = serde_json::to_vec(&state)?;
     total += text.len() as u64;
     // Written last: a directory without it is an unfinished pause.
@@ -957,41 +1200,89 @@ pub fn write_snapshot(dir: &Path, snapshot: &Snapshot, meta: &serde_json::Value)
     Ok(total)
 }
 
-/// Reads what [`write_snapshot`] wrote, refusing sizes beyond `max_memory`
-/// (a wasm32 memory cannot exceed 4 GiB; the context's cap is lower).
+/// Reads what [`write_snapshot`] wrote (either format), refusing sizes
+/// beyond `max_memory` (a wasm32 memory cannot exceed 4 GiB; the context's
+/// cap is lower).
 pub fn read_snapshot(dir: &Path, max_memory: usize) -> anyhow::Result<(Snapshot, serde_json::Value)> {
+    use std::io::Read as _;
     let text = std::fs::read(dir.join("state.json")).context("the context was not paused completely")?;
     let value: serde_json::Value = serde_json::from_slice(&text)?;
     let state: SnapshotState = serde_json::from_value(value["state"].clone())?;
+    let format = value["format"].as_u64().unwrap_or(1);
+    if format > SNAPSHOT_FORMAT {
+        bail!("a snapshot of format {format} is newer than this server");
+    }
     let count = value["memories"].as_u64().unwrap_or(0);
     if count > 16 {
         bail!("a snapshot with {count} memories is not one this server wrote");
     }
     let mut memories = vec![];
     for i in 0..count {
-        let raw = std::fs::read(dir.join(format!("memory-{i}.bin")))?;
-        let len = u64::from_le_bytes(raw.get(..8).context("a memory file is truncated")?.try_into()?) as usize;
+        let mut file = std::fs::File::open(dir.join(format!("memory-{i}.bin")))?;
+        let mut word = [0u8; 8];
+        file.read_exact(&mut word).context("a memory file is truncated")?;
+        let len = u64::from_le_bytes(word) as usize;
         if len > max_memory || !len.is_multiple_of(65536) {
             bail!("a memory of {len} bytes is over the context's limit");
         }
-        let mut memory = vec![0u8; len];
-        let mut at = 8;
-        while at < raw.len() {
-            let page =
-                u32::from_le_bytes(raw.get(at..at + 4).context("a memory file is truncated")?.try_into()?) as usize;
-            at += 4;
-            let start = page.checked_mul(PAGE).context("a page index overflows")?;
-            let end = (start + PAGE).min(len);
-            let bytes = raw.get(at..at + (end - start)).context("a memory file is truncated")?;
-            memory
-                .get_mut(start..end)
-                .context("a page lies outside the memory")?
-                .copy_from_slice(bytes);
-            at += end - start;
-        }
-        memories.push(memory);
+        let copy = if format == 1 {
+            read_format_1(&mut file, len)?
+        } else {
+            file.read_exact(&mut word).context("a memory file is truncated")?;
+            let pages = u64::from_le_bytes(word) as usize;
+            if pages > len / PAGE {
+                bail!("a memory file lists more pages than its memory has");
+            }
+            let mut index = vec![0u8; pages * 4];
+            file.read_exact(&mut index).context("a memory file is truncated")?;
+            let pages: Vec<u32> = index
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+                .collect();
+            if pages.windows(2).any(|w| w[0] >= w[1]) || pages.last().is_some_and(|&p| (p as usize + 1) * PAGE > len) {
+                bail!("a page lies outside the memory or out of order");
+            }
+            let want = pages.len() * PAGE;
+            let mut bytes = Vec::with_capacity(want);
+            (&mut file).take(want as u64).read_to_end(&mut bytes)?;
+            if bytes.len() != want {
+                bail!("a memory file is truncated");
+            }
+            MemoryCopy {
+                size: len,
+                pages,
+                bytes,
+            }
+        };
+        memories.push(copy);
     }
     Ok((Snapshot { memories, state }, value["meta"].clone()))
+}
+
+/// A memory of format 1: index and bytes of each non-zero page; every page
+/// not listed was zero, so all are listed.
+fn read_format_1(file: &mut std::fs::File, len: usize) -> anyhow::Result<MemoryCopy> {
+    use std::io::Read as _;
+    let mut raw = vec![];
+    file.read_to_end(&mut raw)?;
+    let mut full = vec![0u8; len];
+    let mut at = 0;
+    while at < raw.len() {
+        let page = u32::from_le_bytes(raw.get(at..at + 4).context("a memory file is truncated")?.try_into()?) as usize;
+        at += 4;
+        let start = page.checked_mul(PAGE).context("a page index overflows")?;
+        let end = (start + PAGE).min(len);
+        let bytes = raw.get(at..at + (end - start)).context("a memory file is truncated")?;
+        full.get_mut(start..end)
+            .context("a page lies outside the memory")?
+            .copy_from_slice(bytes);
+        at += end - start;
+    }
+    Ok(MemoryCopy {
+        size: len,
+        pages: (0..(len / PAGE) as u32).collect(),
+        bytes: full,
+    })
 }
 
 /// QuickJS-NG's reactor build: `qjs_init_argv` starts the runtime with the
@@ -1129,7 +1420,13 @@ impl ContextProgram for QuickJs {
         ]
     }
 
-    fn init(&self, store: &mut Store<GuestState>, instance: &Instance, cwd: &str) -> wasmtime::Result<()> {
+    fn init(
+        &self,
+        store: &mut Store<GuestState>,
+        instance: &Instance,
+        cwd: &str,
+        _env: &[(String, String)],
+    ) -> wasmtime::Result<()> {
         instance
             .get_typed_func::<(), ()>(&mut *store, "_initialize")?
             .call(&mut *store, ())?;
@@ -1224,6 +1521,94 @@ impl ContextProgram for QuickJs {
     }
 }
 
+/// CPython 3.15's reactor (the `python:3.15` image), from its pre-initialized
+/// snapshot: the scientific stack is imported before the first cell. A cell
+/// is one `turn` that calls the driver (`context_prelude.py`), which runs it
+/// in the context's `__main__` and reports through the door.
+pub struct Python315;
+
+impl Python315 {
+    pub const MANIFEST: &'static str = "python-3.15";
+    const PRELUDE: &'static str = include_str!("context_prelude.py");
+    const MODULE: &'static str = "_stacyvm_context";
+
+    /// Takes the report the driver sent during this cell.
+    fn take_report(store: &mut Store<GuestState>) -> Option<Vec<u8>> {
+        store.data_mut().context.as_mut().and_then(|c| c.report.take())
+    }
+}
+
+impl ContextProgram for Python315 {
+    fn language(&self) -> &'static str {
+        "python"
+    }
+
+    fn image(&self) -> &'static str {
+        "python:3.15"
+    }
+
+    fn entry_points(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn init(
+        &self,
+        store: &mut Store<GuestState>,
+        instance: &Instance,
+        cwd: &str,
+        env: &[(String, String)],
+    ) -> wasmtime::Result<()> {
+        let env: serde_json::Map<String, serde_json::Value> = env
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        // JSON strings and objects of strings read the same in Python.
+        let source = format!(
+            "import sys as _s, types as _t\n\
+             _m = _t.ModuleType({module:?})\n\
+             _m.__file__ = \"<stacyvm-context>\"\n\
+             _s.modules[{module:?}] = _m\n\
+             exec(compile({prelude}, \"<stacyvm-context>\", \"exec\"), _m.__dict__)\n\
+             _m.setup({cwd}, {env})\n\
+             del _m, _s, _t\n",
+            module = Self::MODULE,
+            prelude = serde_json::Value::String(Self::PRELUDE.to_string()),
+            cwd = serde_json::Value::String(cwd.to_string()),
+            env = serde_json::Value::Object(env),
+        );
+        let status = super::reactor::call_turn(store, instance, source.as_bytes())?;
+        if status != 0 {
+            return Err(wasmtime::Error::msg(format!(
+                "the Python context driver failed to start (status {status})"
+            )));
+        }
+        Ok(())
+    }
+
+    fn run_cell(&self, store: &mut Store<GuestState>, instance: &Instance, code: &str) -> wasmtime::Result<CellReport> {
+        Self::take_report(store);
+        let source = format!(
+            "__import__({:?}).cell({})\n",
+            Self::MODULE,
+            serde_json::Value::String(code.to_string())
+        );
+        let status = super::reactor::call_turn(store, instance, source.as_bytes())?;
+        let unreadable = |why: &str| CellReport {
+            result: None,
+            error: Some(serde_json::json!({"name": "StacyvmError", "value": why, "traceback": ""})),
+        };
+        match Self::take_report(store) {
+            Some(frame) => Ok(
+                serde_json::from_slice(&frame).unwrap_or_else(|_| unreadable("the cell's result could not be read"))
+            ),
+            None => Ok(unreadable(&format!(
+                "the context's driver ({}) did not report the cell (status {status}); it was removed or replaced",
+                Self::MODULE
+            ))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1269,7 +1654,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_javascript_context_keeps_state_and_a_snapshot_restores_it_with_its_open_files() {
         let catalog = crate::runtime::Catalog::built_in().unwrap();
-        let engine = ContextEngine::load(&catalog, &image_dir(), false).await.unwrap();
+        let engine = ContextEngine::load(&catalog, &image_dir(), false, &Default::default())
+            .await
+            .unwrap();
         let image = engine.image("javascript").cloned().expect("the reactor loads");
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("workspace")).unwrap();

@@ -54,6 +54,10 @@ struct Entry {
     state: State,
     /// The buffers of the last per-cell snapshot, reused by the next one.
     spare: Option<Snapshot>,
+    /// A snapshot equal to the live state now (after a resume, a rollback
+    /// or a fork), which the next cell takes as its rollback point instead
+    /// of copying the memory again.
+    current: Option<Snapshot>,
     /// Bytes reserved in the ledger for the paused snapshot.
     paused_bytes: u64,
 }
@@ -183,13 +187,14 @@ impl ContextManager {
         let (guard, result) = provider
             .run_guest(move || {
                 let mut guard = guard;
-                let meta = meta_json(&guard.info);
+                let meta = meta_json(&guard.info, &guard.image);
                 let ledger = guard.env.ledger.clone();
+                let current = guard.current.take();
                 let State::Live(live) = &mut guard.state else {
                     unreachable!()
                 };
-                let written = live
-                    .snapshot(None)
+                let written = current
+                    .map_or_else(|| live.snapshot(None), Ok)
                     .and_then(|s| super::context::write_snapshot(&dir, &s, &meta))
                     .map_err(ProviderError::Internal);
                 let result = written.and_then(|bytes| match ledger.reserve(bytes) {
@@ -238,6 +243,7 @@ impl ContextManager {
                     super::context::read_snapshot(&dir, guard.env.memory_bytes).map_err(ProviderError::Internal)?;
                 let live = LiveContext::restore(guard.image.clone(), &guard.env, &snapshot)?;
                 guard.state = State::Live(Box::new(live));
+                guard.current = Some(snapshot);
                 guard.env.ledger.release(guard.paused_bytes);
                 guard.paused_bytes = 0;
                 // The guard is held here: the context is live before its
@@ -319,6 +325,16 @@ impl ContextManager {
             .image(language)
             .ok_or_else(|| anyhow::anyhow!("language {language} is not served"))?
             .clone();
+        // A paused memory holds the pages that differ from the program's
+        // image: on another image they would mean something else.
+        if let Some(sha) = meta["image_sha256"].as_str()
+            && sha != image.sha256
+        {
+            anyhow::bail!(
+                "it was paused on another build of its image ({sha}, now {})",
+                image.sha256
+            );
+        }
         let cwd = meta["cwd"].as_str().unwrap_or("/workspace").to_string();
         let env: Vec<(String, String)> = serde_json::from_value(meta["env"].clone()).unwrap_or_default();
         let time = |key: &str| {
@@ -352,6 +368,7 @@ impl ContextManager {
             image,
             state: State::Paused,
             spare: None,
+            current: None,
             paused_bytes: bytes,
         };
         self.insert(sandbox.id.as_str(), id, entry).map_err(anyhow::Error::from)
@@ -383,8 +400,9 @@ impl Entry {
 }
 
 /// The metadata stored beside a paused snapshot.
-fn meta_json(info: &ContextInfo) -> serde_json::Value {
+fn meta_json(info: &ContextInfo, image: &ContextImage) -> serde_json::Value {
     serde_json::json!({
+        "image_sha256": image.sha256,
         "id": info.id,
         "language": info.language,
         "cwd": info.cwd,
@@ -503,17 +521,10 @@ impl WasmProvider {
                 "{language} contexts are unavailable on this server: {why}"
             )));
         }
-        Err(ProviderError::Unsupported(match language {
-            "python" => {
-                "python contexts are not offered by the wasm provider yet: its CPython 3.14 image is a WASI 0.2 \
-                         component, whose resource handles live in wasmtime tables that cannot be copied into another \
-                         instance; the languages with contexts are: javascript"
-                    .to_string()
-            }
-            other => {
-                format!("the wasm provider has no {other:?} contexts; the languages with contexts are: javascript")
-            }
-        }))
+        Err(ProviderError::Unsupported(format!(
+            "the wasm provider has no {language:?} contexts; the languages with contexts are: {}",
+            self.languages().join(", ")
+        )))
     }
 }
 
@@ -531,19 +542,12 @@ fn cell_output(run: &super::context::CellRun) -> ExecOutput {
 #[async_trait]
 impl ContextBackend for WasmProvider {
     fn languages(&self) -> Vec<&'static str> {
-        self.manager()
-            .engine
-            .as_ref()
-            .map(|e| {
-                vec![if e.image("javascript").is_some() {
-                    "javascript"
-                } else {
-                    ""
-                }]
-            })
-            .unwrap_or_default()
+        let Some(engine) = self.manager().engine.as_ref() else {
+            return vec![];
+        };
+        ["python", "javascript"]
             .into_iter()
-            .filter(|l| !l.is_empty())
+            .filter(|l| engine.image(l).is_some())
             .collect()
     }
 
@@ -552,11 +556,30 @@ impl ContextBackend for WasmProvider {
         if let Some(asked) = &spec.image
             && asked != image.program.image()
             && !(spec.language == "javascript" && ["quickjs", "javascript", "js"].contains(&asked.as_str()))
+            && !(spec.language == "python" && ["python:data", "python3.15"].contains(&asked.as_str()))
         {
+            let why = if spec.language == "python" {
+                " (the other Python images are WASI 0.2 components or start from scratch, and their interpreter's \
+                 state cannot be copied, which rollback, fork and pause need)"
+            } else {
+                ""
+            };
             return Err(ProviderError::Unsupported(format!(
-                "{} contexts run image {}, not {asked}",
+                "{} contexts run image {}, not {asked}{why}",
                 spec.language,
                 image.program.image()
+            )));
+        }
+        let needs = image.initial_memory_bytes();
+        if needs > sandbox.memory_mb << 20 {
+            return Err(ProviderError::InvalidInput(format!(
+                "{} contexts start with {} MiB of memory ({}'s pre-initialized heap), more than this sandbox's \
+                 memory_mb of {}; create the sandbox with memory_mb of at least {}",
+                spec.language,
+                needs.div_ceil(1 << 20),
+                image.program.image(),
+                sandbox.memory_mb,
+                needs.div_ceil(1 << 20)
             )));
         }
         let manager = self.manager();
@@ -593,6 +616,7 @@ impl ContextBackend for WasmProvider {
             image,
             state: State::Live(live),
             spare: None,
+            current: None,
             paused_bytes: 0,
         };
         manager.insert(sandbox.id.as_str(), info.id.clone(), entry)?;
@@ -660,15 +684,20 @@ impl ContextBackend for WasmProvider {
                     unreachable!("resumed")
                 };
                 let held = e.env.ledger.begin();
-                let snapshot = live.snapshot(e.spare.take()).map_err(ProviderError::Internal)?;
+                let snapshot = match e.current.take() {
+                    Some(current) => current,
+                    None => live.snapshot(e.spare.take()).map_err(ProviderError::Internal)?,
+                };
                 let run = live.run_cell(&code, cell.stdin, &limits);
                 let rolled_back = run.outcome.is_err();
                 if rolled_back {
                     let restored = LiveContext::restore(e.image.clone(), &e.env, &snapshot)?;
                     **live = restored;
+                    e.current = Some(snapshot);
+                } else {
+                    e.spare = Some(snapshot);
                 }
                 drop(held);
-                e.spare = Some(snapshot);
                 e.info.last_used_at = SystemTime::now();
                 Ok((run, rolled_back))
             })
@@ -732,16 +761,19 @@ impl ContextBackend for WasmProvider {
         }
         let guard = manager.resume(self, entry.lock_owned().await).await?;
         manager.make_room(self).await?;
-        let (guard, copy) = self
+        let (guard, (copy, snapshot)) = self
             .run_guest(move || {
                 let mut guard = guard;
                 let e = &mut *guard;
                 let State::Live(live) = &mut e.state else {
                     unreachable!("resumed")
                 };
-                let snapshot = live.snapshot(None).map_err(ProviderError::Internal)?;
+                let snapshot = match &e.current {
+                    Some(current) => current.clone(),
+                    None => live.snapshot(None).map_err(ProviderError::Internal)?,
+                };
                 let copy = LiveContext::restore(e.image.clone(), &e.env, &snapshot)?;
-                Ok((guard, copy))
+                Ok((guard, (copy, snapshot)))
             })
             .await?;
         let mut copy = Box::new(copy);
@@ -761,6 +793,7 @@ impl ContextBackend for WasmProvider {
             image: guard.image.clone(),
             state: State::Live(copy),
             spare: None,
+            current: Some(snapshot),
             paused_bytes: 0,
         };
         drop(guard);
@@ -784,6 +817,40 @@ impl ContextBackend for WasmProvider {
             let id = guard.info.id.clone();
             let dest = manager.dir(child.id.as_str(), &id);
             let mut info = guard.info();
+            // A live context is copied in memory while the server has room
+            // for one more (no disk, no fsync); otherwise through a paused
+            // copy on disk, which the child resumes on first use.
+            let room = manager.live.load(Ordering::Acquire) < manager.max_live;
+            if room && matches!(guard.state, State::Live(_)) {
+                let env = self.context_env(child, guard.env.env.clone(), &info.cwd);
+                let (guard, (copy, env, snapshot)) = self
+                    .run_guest(move || {
+                        let mut guard = guard;
+                        let e = &mut *guard;
+                        let State::Live(live) = &mut e.state else {
+                            unreachable!()
+                        };
+                        let snapshot = match &e.current {
+                            Some(current) => current.clone(),
+                            None => live.snapshot(None).map_err(ProviderError::Internal)?,
+                        };
+                        let copy = LiveContext::restore(e.image.clone(), &env, &snapshot)?;
+                        Ok((guard, (copy, env, snapshot)))
+                    })
+                    .await?;
+                let forked = Entry {
+                    env,
+                    info,
+                    image: guard.image.clone(),
+                    state: State::Live(Box::new(copy)),
+                    spare: None,
+                    current: Some(snapshot),
+                    paused_bytes: 0,
+                };
+                manager.insert(child.id.as_str(), id, forked)?;
+                manager.live.fetch_add(1, Ordering::AcqRel);
+                continue;
+            }
             let (guard, bytes) = match &guard.state {
                 State::Broken => continue,
                 State::Paused => {
@@ -796,7 +863,7 @@ impl ContextBackend for WasmProvider {
                     (guard, bytes)
                 }
                 State::Live(_) => {
-                    let meta = meta_json(&info);
+                    let meta = meta_json(&info, &guard.image);
                     self.run_guest(move || {
                         let mut guard = guard;
                         let State::Live(live) = &mut guard.state else {
@@ -819,6 +886,7 @@ impl ContextBackend for WasmProvider {
                 image: guard.image.clone(),
                 state: State::Paused,
                 spare: None,
+                current: None,
                 paused_bytes: bytes,
             };
             manager.insert(child.id.as_str(), id, forked)?;

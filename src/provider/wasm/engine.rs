@@ -67,6 +67,9 @@ pub struct WasmEngine {
     pub runtimes: HashMap<String, Arc<LoadedRuntime>>,
     /// Optional runtimes whose image could not be loaded, and why.
     pub unavailable: HashMap<String, String>,
+    /// The pre-initialized reactor programs loaded, by image name: what
+    /// code contexts of those images instantiate.
+    pub reactors: HashMap<String, ReactorSource>,
     /// Whether instances come from the pooling allocator.
     pub pooling: bool,
     _ticker: EpochTicker,
@@ -201,6 +204,7 @@ impl WasmEngine {
 
         // Each image once, even when several runtimes use it.
         let mut programs: HashMap<String, Result<Loaded, String>> = HashMap::new();
+        let mut reactors = HashMap::new();
         for def in catalog.runtimes() {
             let manifest = catalog.image(&def.wasm_image).expect("catalogue validated");
             if programs.contains_key(&manifest.name) {
@@ -208,7 +212,12 @@ impl WasmEngine {
             }
             let loaded = load_program(&engine, &linker, &component_linker, manifest, options).await;
             let loaded = match loaded {
-                Ok(loaded) => Ok(loaded),
+                Ok((loaded, source)) => {
+                    if let Some(source) = source {
+                        reactors.insert(manifest.name.clone(), source);
+                    }
+                    Ok(loaded)
+                }
                 // A runtime with a fallback still serves; one without fails
                 // the start.
                 Err(e) if (def.fallback.is_some() || def.optional) && !options.strict => Err(format!("{e:#}")),
@@ -258,6 +267,7 @@ impl WasmEngine {
         Ok(WasmEngine {
             runtimes,
             unavailable,
+            reactors,
             pooling,
             _ticker: ticker,
         })
@@ -267,6 +277,18 @@ impl WasmEngine {
 /// A linked program and the read-only directories its image mounts.
 type Loaded = (Program, Vec<(PathBuf, String)>);
 
+/// A pre-initialized reactor's program as loaded: the instrumented
+/// snapshot (its file and hash, which key the compile cache), the image's
+/// mounts in the order the snapshot was taken with, and the state it
+/// exports.
+#[derive(Debug, Clone)]
+pub struct ReactorSource {
+    pub wasm: PathBuf,
+    pub sha256: String,
+    pub mounts: Vec<(PathBuf, String)>,
+    pub layout: snapshot::InstrumentedInfo,
+}
+
 /// Loads one image: a fetched module, or a built component with its mounts.
 async fn load_program(
     engine: &Engine,
@@ -274,10 +296,11 @@ async fn load_program(
     component_linker: &ComponentLinker<ComponentState>,
     manifest: &crate::runtime::ImageManifest,
     options: &LoadOptions,
-) -> anyhow::Result<Loaded> {
+) -> anyhow::Result<(Loaded, Option<ReactorSource>)> {
     let image_dir = options.image_dir.as_path();
     let cache_dir = image_dir.join("cache");
     let mut built_dir = None;
+    let mut reactor_source = None;
     let (wasm, sha, mounts) = match &manifest.build {
         None if manifest.kind == ImageKind::Reactor => {
             let fetched = fetch::ensure_package_image(manifest, image_dir, options.offline).await?;
@@ -287,6 +310,13 @@ async fn load_program(
                 .map(|(guest, rel)| (fetched.dir.join(rel), guest.clone()))
                 .collect();
             let built = snapshot::ensure_snapshot(manifest, &fetched, &mounts, options.offline).await?;
+            let (built, layout) = tokio::task::spawn_blocking(move || snapshot::ensure_instrumented(&built)).await??;
+            reactor_source = Some(ReactorSource {
+                wasm: built.wasm.clone(),
+                sha256: built.sha256.clone(),
+                mounts: mounts.clone(),
+                layout,
+            });
             (built.wasm, built.sha256, mounts)
         }
         None => {
@@ -336,7 +366,7 @@ async fn load_program(
     if let (Some(dir), Some(stdlib)) = (built_dir, manifest.mounts.iter().find(|(guest, _)| *guest == "/python")) {
         precompile_stdlib(&program, &dir, stdlib.1, &mounts).await;
     }
-    Ok((program, mounts))
+    Ok(((program, mounts), reactor_source))
 }
 
 /// Compiles the standard library of a built Python image to `.pyc` files,

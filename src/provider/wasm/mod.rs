@@ -10,6 +10,7 @@ mod files;
 mod guest;
 mod instrument;
 pub mod packages;
+mod pagemap;
 mod pipe;
 mod quota;
 mod reactor;
@@ -87,7 +88,9 @@ impl WasmProvider {
         );
         let sandboxes_dir = settings.data_dir.join("sandboxes");
         std::fs::create_dir_all(&sandboxes_dir)?;
-        let context_engine = context::ContextEngine::load(&catalog, &settings.image_dir(), settings.wasm.offline).await;
+        let context_engine =
+            context::ContextEngine::load(&catalog, &settings.image_dir(), settings.wasm.offline, &engine.reactors)
+                .await;
         let contexts = contexts::ContextManager::new(context_engine, &settings.data_dir, &settings.contexts);
         let packages = Arc::new(packages::PackageManager::new(
             &settings.data_dir,

@@ -69,6 +69,60 @@ pub struct BuiltSnapshot {
     pub sha256: String,
 }
 
+/// What the instrumented copy of a snapshot records: which snapshot it was
+/// made from, its own hash, and the state it exports.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InstrumentedInfo {
+    pub source_sha256: String,
+    pub sha256: String,
+    pub memories: Vec<u32>,
+    pub globals: Vec<u32>,
+    pub tables: Vec<u32>,
+}
+
+/// The snapshot both execs and code contexts run: the pre-initialized
+/// program with its state exported under reserved names
+/// (`instrument.rs`), so that a context's whole state can be copied. The
+/// extra exports change nothing for an exec, and one compiled program then
+/// serves both (one compile of a 200 MB module, not two).
+pub fn ensure_instrumented(built: &BuiltSnapshot) -> anyhow::Result<(BuiltSnapshot, InstrumentedInfo)> {
+    let dir = built.wasm.parent().context("a snapshot has a directory")?;
+    let (wasm, record) = (
+        dir.join("snapshot.instrumented.wasm"),
+        dir.join("snapshot.instrumented.json"),
+    );
+    let known: Option<InstrumentedInfo> = std::fs::read(&record)
+        .ok()
+        .and_then(|text| serde_json::from_slice(&text).ok());
+    if let Some(info) = known
+        && info.source_sha256 == built.sha256
+        && sha256_file(&wasm).ok().as_deref() == Some(info.sha256.as_str())
+    {
+        let built = BuiltSnapshot {
+            wasm,
+            sha256: info.sha256.clone(),
+        };
+        return Ok((built, info));
+    }
+    let original = std::fs::read(&built.wasm).with_context(|| format!("cannot read {}", built.wasm.display()))?;
+    let layout = super::instrument::instrument(&original, &[]).context("cannot instrument the snapshot")?;
+    drop(original);
+    let info = InstrumentedInfo {
+        source_sha256: built.sha256.clone(),
+        sha256: hex::encode(Sha256::digest(&layout.wasm)),
+        memories: layout.memories,
+        globals: layout.globals,
+        tables: layout.tables,
+    };
+    write_atomically(&wasm, &layout.wasm)?;
+    write_atomically(&record, &serde_json::to_vec_pretty(&info)?)?;
+    let built = BuiltSnapshot {
+        wasm,
+        sha256: info.sha256.clone(),
+    };
+    Ok((built, info))
+}
+
 /// The turn that makes the recipe's driver the module `_stacyvm`. Its
 /// source is passed as a JSON string, which Python reads as a string too.
 fn init_source(driver: &str) -> String {

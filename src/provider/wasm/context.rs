@@ -359,6 +359,25 @@ pub trait ContextProgram: Send + Sync + 'static {
         cwd: &str,
         env: &[(String, String)],
     ) -> wasmtime::Result<()>;
+    /// Programs whose start splits in two return true here: `prepare` does
+    /// what every context shares, once per image (its snapshot is the
+    /// template of every later context), and `begin` what is each
+    /// context's own (`cwd`, `env`, random state).
+    fn splits_init(&self) -> bool {
+        false
+    }
+    fn prepare(&self, _store: &mut Store<GuestState>, _instance: &Instance) -> wasmtime::Result<()> {
+        Ok(())
+    }
+    fn begin(
+        &self,
+        store: &mut Store<GuestState>,
+        instance: &Instance,
+        cwd: &str,
+        env: &[(String, String)],
+    ) -> wasmtime::Result<()> {
+        self.init(store, instance, cwd, env)
+    }
     /// Runs one cell; an `Err` is a trap or a limit (the caller rolls back).
     fn run_cell(&self, store: &mut Store<GuestState>, instance: &Instance, code: &str) -> wasmtime::Result<CellReport>;
 }
@@ -375,6 +394,9 @@ pub struct ContextImage {
     /// The SHA-256 of the compiled program's wasm: a paused context is only
     /// resumed on the same program.
     pub sha256: String,
+    /// For programs that split their start: the state after `prepare`,
+    /// made by the first context and copied into every later one.
+    template: Mutex<Option<Arc<Snapshot>>>,
 }
 
 impl ContextImage {
@@ -497,6 +519,7 @@ async fn load_image(
         layout,
         mounts: vec![],
         sha256: sha_of_module,
+        template: Mutex::default(),
     })
 }
 
@@ -530,6 +553,7 @@ async fn load_reactor(
         layout,
         mounts: source.mounts.clone(),
         sha256: source.sha256.clone(),
+        template: Mutex::default(),
     })
 }
 
@@ -745,8 +769,71 @@ fn setup_limits(store: &mut Store<GuestState>) -> wasmtime::Result<()> {
 }
 
 impl LiveContext {
-    /// A fresh context: a new instance with its interpreter started.
+    /// A fresh context: a new instance with its interpreter started, or for
+    /// a program that splits its start, a copy of its image's template
+    /// (made here the first time) that then begins in `cwd` with `env`.
     pub fn create(image: Arc<ContextImage>, env: &ContextEnv, cwd: &str) -> Result<LiveContext, ProviderError> {
+        if !image.program.splits_init() {
+            return Self::start(image, env, cwd);
+        }
+        let internal =
+            |e: wasmtime::Error| ProviderError::Internal(anyhow::Error::from(e).context("cannot start the context"));
+        let template = Self::template(&image, env)?;
+        let size = template.memories.iter().map(|m| m.size).max().unwrap_or(0);
+        if size > env.memory_bytes {
+            return Err(ProviderError::InvalidInput(format!(
+                "{} contexts start with {} MiB of memory, more than this sandbox's memory_mb of {}",
+                image.program.language(),
+                size.div_ceil(1 << 20),
+                env.memory_bytes >> 20
+            )));
+        }
+        let mut live = Self::restore(image.clone(), env, &template)?;
+        setup_limits(&mut live.store).map_err(internal)?;
+        let program = image.program.clone();
+        program
+            .begin(&mut live.store, &live.instance, cwd, &env.env)
+            .map_err(internal)?;
+        Ok(live)
+    }
+
+    /// The image's template: a fresh instance after `prepare`, snapshotted.
+    /// Built once; two first contexts at once may both build one.
+    fn template(image: &Arc<ContextImage>, env: &ContextEnv) -> Result<Arc<Snapshot>, ProviderError> {
+        if let Some(template) = crate::sandbox::lock(&image.template).clone() {
+            return Ok(template);
+        }
+        let internal =
+            |e: wasmtime::Error| ProviderError::Internal(anyhow::Error::from(e).context("cannot prepare the context"));
+        let io = CellIo::new();
+        // Any sandbox's directory will do (the template opens no file); its
+        // memory is bounded by what a wasm32 guest can address, not by this
+        // sandbox, whose own limit is checked against the result.
+        let unbounded = ContextEnv {
+            memory_bytes: 4 << 30,
+            ..env.clone()
+        };
+        let mut store = new_store(image, &unbounded, &io)?;
+        setup_limits(&mut store).map_err(internal)?;
+        let instance = image.pre.instantiate(&mut store).map_err(internal)?;
+        image.program.prepare(&mut store, &instance).map_err(internal)?;
+        let mut live = LiveContext {
+            store,
+            instance,
+            io,
+            image: image.clone(),
+        };
+        let snapshot = Arc::new(live.snapshot(None).map_err(ProviderError::Internal)?);
+        if !snapshot.state.files.is_empty() {
+            return Err(ProviderError::Internal(anyhow::anyhow!(
+                "the context template holds open files"
+            )));
+        }
+        *crate::sandbox::lock(&image.template) = Some(snapshot.clone());
+        Ok(snapshot)
+    }
+
+    fn start(image: Arc<ContextImage>, env: &ContextEnv, cwd: &str) -> Result<LiveContext, ProviderError> {
         let io = CellIo::new();
         let mut store = new_store(&image, env, &io)?;
         let internal =
@@ -1532,6 +1619,17 @@ impl Python315 {
     const PRELUDE: &'static str = include_str!("context_prelude.py");
     const MODULE: &'static str = "_stacyvm_context";
 
+    /// Runs one turn of the driver's start; anything but status 0 fails.
+    fn turn(store: &mut Store<GuestState>, instance: &Instance, source: &str) -> wasmtime::Result<()> {
+        let status = super::reactor::call_turn(store, instance, source.as_bytes())?;
+        if status != 0 {
+            return Err(wasmtime::Error::msg(format!(
+                "the Python context driver failed to start (status {status})"
+            )));
+        }
+        Ok(())
+    }
+
     /// Takes the report the driver sent during this cell.
     fn take_report(store: &mut Store<GuestState>) -> Option<Vec<u8>> {
         store.data_mut().context.as_mut().and_then(|c| c.report.take())
@@ -1551,6 +1649,8 @@ impl ContextProgram for Python315 {
         &[]
     }
 
+    /// The per-context half of the start (`setup`), on an instance that
+    /// holds the driver: made by `prepare`, or copied from the template.
     fn init(
         &self,
         store: &mut Store<GuestState>,
@@ -1564,25 +1664,40 @@ impl ContextProgram for Python315 {
             .collect();
         // JSON strings and objects of strings read the same in Python.
         let source = format!(
+            "__import__({module:?}).setup({cwd}, {env})\n",
+            module = Self::MODULE,
+            cwd = serde_json::Value::String(cwd.to_string()),
+            env = serde_json::Value::Object(env),
+        );
+        Self::turn(store, instance, &source)
+    }
+
+    fn splits_init(&self) -> bool {
+        true
+    }
+
+    fn prepare(&self, store: &mut Store<GuestState>, instance: &Instance) -> wasmtime::Result<()> {
+        let source = format!(
             "import sys as _s, types as _t\n\
              _m = _t.ModuleType({module:?})\n\
              _m.__file__ = \"<stacyvm-context>\"\n\
              _s.modules[{module:?}] = _m\n\
              exec(compile({prelude}, \"<stacyvm-context>\", \"exec\"), _m.__dict__)\n\
-             _m.setup({cwd}, {env})\n\
              del _m, _s, _t\n",
             module = Self::MODULE,
             prelude = serde_json::Value::String(Self::PRELUDE.to_string()),
-            cwd = serde_json::Value::String(cwd.to_string()),
-            env = serde_json::Value::Object(env),
         );
-        let status = super::reactor::call_turn(store, instance, source.as_bytes())?;
-        if status != 0 {
-            return Err(wasmtime::Error::msg(format!(
-                "the Python context driver failed to start (status {status})"
-            )));
-        }
-        Ok(())
+        Self::turn(store, instance, &source)
+    }
+
+    fn begin(
+        &self,
+        store: &mut Store<GuestState>,
+        instance: &Instance,
+        cwd: &str,
+        env: &[(String, String)],
+    ) -> wasmtime::Result<()> {
+        self.init(store, instance, cwd, env)
     }
 
     fn run_cell(&self, store: &mut Store<GuestState>, instance: &Instance, code: &str) -> wasmtime::Result<CellReport> {

@@ -105,7 +105,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             let samples = opts.samples.unwrap_or(200);
             for (lang, idle) in [
                 (&contexts::JAVASCRIPT, opts.context_density),
-                (&contexts::PYTHON, PYTHON_IDLE),
+                (&contexts::PYTHON, PYTHON_IDLE.min(opts.context_density)),
             ] {
                 let measured = contexts::measure(&api, &api, None, samples, opts.warmup, idle, lang).await?;
                 report.contexts.push(measured);
@@ -201,7 +201,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             let mut measured = Ok(());
             for (lang, idle) in [
                 (&contexts::JAVASCRIPT, opts.context_density),
-                (&contexts::PYTHON, PYTHON_IDLE),
+                (&contexts::PYTHON, PYTHON_IDLE.min(opts.context_density)),
             ] {
                 match contexts::measure(&api, &pausing, Some(&third), samples, opts.warmup, idle, lang).await {
                     Ok(one) => report.contexts.push(one),

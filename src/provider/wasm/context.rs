@@ -932,7 +932,7 @@ impl LiveContext {
             copy.pages.clear();
             copy.bytes.clear();
             super::pagemap::written_pages(data, &mut copy.pages);
-            copy.bytes.reserve(copy.pages.len() * PAGE);
+            super::pagemap::reserve_huge(&mut copy.bytes, copy.pages.len() * PAGE);
             // Runs of consecutive pages are copied in one go.
             let mut i = 0;
             while i < copy.pages.len() {
@@ -998,11 +998,20 @@ impl LiveContext {
                     .context("cannot grow the memory to the snapshot's size")?;
             }
             let data = memory.data_mut(&mut self.store);
-            for (page, bytes) in copy.pages.iter().zip(copy.bytes.chunks_exact(PAGE)) {
-                let at = *page as usize * PAGE;
-                data.get_mut(at..at + PAGE)
-                    .context("a snapshot page lies outside its memory")?
-                    .copy_from_slice(bytes);
+            // Runs of consecutive pages: faulted in at once, copied at once.
+            let mut i = 0;
+            while i < copy.pages.len() {
+                let start = copy.pages[i] as usize;
+                let mut n = 1;
+                while i + n < copy.pages.len() && copy.pages[i + n] as usize == start + n {
+                    n += 1;
+                }
+                let to = data
+                    .get_mut(start * PAGE..(start + n) * PAGE)
+                    .context("a snapshot page lies outside its memory")?;
+                super::pagemap::populate_for_write(to);
+                to.copy_from_slice(&copy.bytes[i * PAGE..(i + n) * PAGE]);
+                i += n;
             }
         }
         let globals = self.globals();
@@ -1330,7 +1339,8 @@ pub fn read_snapshot(dir: &Path, max_memory: usize) -> anyhow::Result<(Snapshot,
                 bail!("a page lies outside the memory or out of order");
             }
             let want = pages.len() * PAGE;
-            let mut bytes = Vec::with_capacity(want);
+            let mut bytes = Vec::new();
+            super::pagemap::reserve_huge(&mut bytes, want);
             (&mut file).take(want as u64).read_to_end(&mut bytes)?;
             if bytes.len() != want {
                 bail!("a memory file is truncated");

@@ -71,6 +71,41 @@ pub fn written_pages(data: &[u8], out: &mut Vec<u32>) {
     }
 }
 
+/// Buffers at least this large get transparent huge pages.
+const HUGE_MIN: usize = 4 << 20;
+const HUGE: usize = 2 << 20;
+
+/// Reserves room for `additional` more bytes in `buf`, asking the kernel to
+/// back a large new allocation with huge pages (where transparent huge
+/// pages are on for `madvise`): a 50 MB snapshot then costs 25 page faults,
+/// not 12,800. Advice only; nothing depends on it being taken.
+pub fn reserve_huge(buf: &mut Vec<u8>, additional: usize) {
+    let before = buf.capacity();
+    buf.reserve(additional);
+    if buf.capacity() != before && buf.capacity() >= HUGE_MIN {
+        let start = (buf.as_ptr() as usize).next_multiple_of(HUGE);
+        let end = (buf.as_ptr() as usize + buf.capacity()) / HUGE * HUGE;
+        if end > start {
+            // SAFETY: advice on memory this Vec owns; it changes no contents.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+        }
+    }
+}
+
+/// Faults `data` in for writing in one call (`MADV_POPULATE_WRITE`, Linux
+/// 5.14), instead of one fault per page as a copy into it would take.
+/// Advice only: on older kernels the copy faults as before.
+pub fn populate_for_write(data: &mut [u8]) {
+    let host = host_page();
+    let start = (data.as_mut_ptr() as usize).next_multiple_of(host);
+    let end = (data.as_mut_ptr() as usize + data.len()) / host * host;
+    if end > start {
+        // SAFETY: the range lies inside `data`, writable memory we hold
+        // mutably; populating changes no contents.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_POPULATE_WRITE) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -636,6 +636,9 @@ pub struct LiveContext {
     instance: Instance,
     io: CellIo,
     image: Arc<ContextImage>,
+    /// Per memory: which pages were written since the last snapshot or
+    /// update (empty when the kernel does not offer it).
+    trackers: Vec<Option<super::pagemap::WriteTracker>>,
 }
 
 /// A value of a mutable global, kept as bits.
@@ -672,6 +675,9 @@ pub struct MemoryCopy {
     pub pages: Vec<u32>,
     /// Their bytes, [`PAGE`] each, in the order of `pages`.
     pub bytes: Vec<u8>,
+    /// Where each page's bytes are (its position in `pages`), built when a
+    /// snapshot is first updated in place.
+    slots: std::collections::HashMap<u32, usize>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -822,6 +828,7 @@ impl LiveContext {
             instance,
             io,
             image: image.clone(),
+            trackers: vec![],
         };
         let snapshot = Arc::new(live.snapshot(None).map_err(ProviderError::Internal)?);
         if !snapshot.state.files.is_empty() {
@@ -844,12 +851,15 @@ impl LiveContext {
             .program
             .init(&mut store, &instance, cwd, &env.env)
             .map_err(internal)?;
-        Ok(LiveContext {
+        let mut live = LiveContext {
             store,
             instance,
             io,
             image,
-        })
+            trackers: vec![],
+        };
+        live.track();
+        Ok(live)
     }
 
     /// A context rebuilt from a snapshot: a new instance of the same
@@ -870,6 +880,7 @@ impl LiveContext {
             instance,
             io,
             image,
+            trackers: vec![],
         };
         // Reopening lends the start of the fresh memory as scratch space;
         // the snapshot may not hold those pages (they are the image's), so
@@ -878,6 +889,8 @@ impl LiveContext {
         live.reopen_files(&snapshot.state.files).map_err(fail)?;
         live.put_scratch_back(&scratch).map_err(fail)?;
         live.write_state(snapshot).map_err(fail)?;
+        // The instance now holds the snapshot: writes count from here.
+        live.track();
         Ok(live)
     }
 
@@ -924,6 +937,8 @@ impl LiveContext {
     /// snapshot, so that a snapshot per cell allocates nothing new.
     pub fn snapshot(&mut self, reuse: Option<Snapshot>) -> anyhow::Result<Snapshot> {
         let mut snapshot = reuse.unwrap_or_default();
+        // The tracked writes start again from this copy.
+        self.reset_trackers();
         let memories = self.memories();
         snapshot.memories.resize_with(memories.len(), MemoryCopy::default);
         for (memory, copy) in memories.iter().zip(snapshot.memories.iter_mut()) {
@@ -931,6 +946,7 @@ impl LiveContext {
             copy.size = data.len();
             copy.pages.clear();
             copy.bytes.clear();
+            copy.slots.clear();
             super::pagemap::written_pages(data, &mut copy.pages);
             super::pagemap::reserve_huge(&mut copy.bytes, copy.pages.len() * PAGE);
             // Runs of consecutive pages are copied in one go.
@@ -945,6 +961,92 @@ impl LiveContext {
                 i += end - start;
             }
         }
+        self.read_state(&mut snapshot)?;
+        Ok(snapshot)
+    }
+
+    /// Starts tracking writes to every memory from its state now.
+    fn track(&mut self) {
+        let memories = self.memories();
+        self.trackers = memories
+            .iter()
+            .map(|m| super::pagemap::WriteTracker::new(m.data(&self.store)))
+            .collect();
+    }
+
+    fn reset_trackers(&mut self) {
+        let mut discard = vec![];
+        for slot in &mut self.trackers {
+            if let Some(tracker) = slot
+                && tracker.take_written(&mut discard).is_err()
+            {
+                *slot = None;
+            }
+            discard.clear();
+        }
+    }
+
+    /// Brings `snapshot`, taken (or last updated) from this instance, up to
+    /// its state now by copying only the pages written since. False when
+    /// writes are not tracked here; the caller then takes a whole snapshot.
+    pub fn update(&mut self, snapshot: &mut Snapshot) -> anyhow::Result<bool> {
+        let memories = self.memories();
+        if memories.is_empty()
+            || memories.len() != snapshot.memories.len()
+            || self.trackers.len() != memories.len()
+            || self.trackers.iter().any(Option::is_none)
+        {
+            return Ok(false);
+        }
+        let mut written = vec![];
+        for (i, memory) in memories.iter().enumerate() {
+            written.clear();
+            let tracker = self.trackers[i].as_mut().expect("checked");
+            if tracker.take_written(&mut written).is_err() {
+                self.trackers[i] = None;
+                return Ok(false);
+            }
+            let data = memory.data(&self.store);
+            let tracked = tracker.tracked_len();
+            if data.len() > tracked {
+                // Grown since: its written pages from the page table, and
+                // tracked from now on.
+                let mut grown = vec![];
+                super::pagemap::written_pages(&data[tracked..], &mut grown);
+                written.extend(grown.into_iter().map(|p| p + (tracked / PAGE) as u32));
+                if !tracker.extend(data.len()) {
+                    self.trackers[i] = None;
+                    return Ok(false);
+                }
+            }
+            let copy = &mut snapshot.memories[i];
+            if copy.slots.len() != copy.pages.len() {
+                copy.slots = copy
+                    .pages
+                    .iter()
+                    .enumerate()
+                    .map(|(slot, &page)| (page, slot))
+                    .collect();
+            }
+            copy.size = data.len();
+            for &page in &written {
+                let from = &data[page as usize * PAGE..][..PAGE];
+                match copy.slots.get(&page) {
+                    Some(&slot) => copy.bytes[slot * PAGE..][..PAGE].copy_from_slice(from),
+                    None => {
+                        copy.slots.insert(page, copy.pages.len());
+                        copy.pages.push(page);
+                        copy.bytes.extend_from_slice(from);
+                    }
+                }
+            }
+        }
+        self.read_state(snapshot)?;
+        Ok(true)
+    }
+
+    /// Reads the globals, table sizes and open files into `snapshot`.
+    fn read_state(&mut self, snapshot: &mut Snapshot) -> anyhow::Result<()> {
         let globals = self.globals();
         snapshot.state.globals = globals
             .iter()
@@ -969,7 +1071,7 @@ impl LiveContext {
             file.position = self.tell(file.fd)?;
         }
         snapshot.state.files = files;
-        Ok(snapshot)
+        Ok(())
     }
 
     /// Copies a snapshot's guest state into this (fresh) instance.
@@ -1268,17 +1370,30 @@ pub fn write_snapshot(dir: &Path, snapshot: &Snapshot, meta: &serde_json::Value)
     std::fs::create_dir_all(dir)?;
     let mut total = 0u64;
     for (i, memory) in snapshot.memories.iter().enumerate() {
+        // Pages in ascending order (a snapshot updated in place holds them
+        // in the order they were first written).
+        let mut order: Vec<usize> = (0..memory.pages.len()).collect();
+        order.sort_unstable_by_key(|&slot| memory.pages[slot]);
+        let sorted = order.windows(2).all(|w| w[0] < w[1]);
         let mut head = Vec::with_capacity(16 + memory.pages.len() * 4);
         head.extend_from_slice(&(memory.size as u64).to_le_bytes());
         head.extend_from_slice(&(memory.pages.len() as u64).to_le_bytes());
-        for page in &memory.pages {
-            head.extend_from_slice(&page.to_le_bytes());
+        for &slot in &order {
+            head.extend_from_slice(&memory.pages[slot].to_le_bytes());
         }
         let dest = dir.join(format!("memory-{i}.bin"));
         let tmp = dir.join(format!("memory-{i}.bin.tmp"));
         let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
         f.write_all(&head)?;
-        f.write_all(&memory.bytes)?;
+        if sorted {
+            f.write_all(&memory.bytes)?;
+        } else {
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut f);
+            for &slot in &order {
+                out.write_all(&memory.bytes[slot * PAGE..][..PAGE])?;
+            }
+            out.flush()?;
+        }
         f.sync_all()?;
         std::fs::rename(&tmp, &dest)?;
         total += (head.len() + memory.bytes.len()) as u64;
@@ -1349,6 +1464,7 @@ pub fn read_snapshot(dir: &Path, max_memory: usize) -> anyhow::Result<(Snapshot,
                 size: len,
                 pages,
                 bytes,
+                slots: Default::default(),
             }
         };
         memories.push(copy);
@@ -1379,6 +1495,7 @@ fn read_format_1(file: &mut std::fs::File, len: usize) -> anyhow::Result<MemoryC
         size: len,
         pages: (0..(len / PAGE) as u32).collect(),
         bytes: full,
+        slots: Default::default(),
     })
 }
 

@@ -695,7 +695,17 @@ impl ContextBackend for WasmProvider {
                     **live = restored;
                     e.current = Some(snapshot);
                 } else {
-                    e.spare = Some(snapshot);
+                    // Where writes are tracked, the rollback point of the
+                    // next cell is this one's, plus the pages it wrote.
+                    let mut snapshot = snapshot;
+                    match live.update(&mut snapshot) {
+                        Ok(true) => e.current = Some(snapshot),
+                        Ok(false) => e.spare = Some(snapshot),
+                        Err(err) => {
+                            tracing::warn!("a context's snapshot could not be brought up to date: {err:#}");
+                            e.spare = Some(snapshot);
+                        }
+                    }
                 }
                 drop(held);
                 e.info.last_used_at = SystemTime::now();

@@ -18,6 +18,9 @@ const PAGE: usize = 4096;
 const PRESENT: u64 = 1 << 63;
 const SWAPPED: u64 = 1 << 62;
 const FILE_OR_SHARED: u64 = 1 << 61;
+/// Set on a write-protected entry; a protected page that was never
+/// populated is a marker that also reads as "swapped".
+const UFFD_WP: u64 = 1 << 57;
 
 /// Entries read per `pread` (512 KiB of entries, 1 GiB of memory with
 /// 4 KiB pages).
@@ -27,6 +30,14 @@ fn pagemap() -> Option<&'static std::fs::File> {
     static FILE: OnceLock<Option<std::fs::File>> = OnceLock::new();
     FILE.get_or_init(|| std::fs::File::open("/proc/self/pagemap").ok())
         .as_ref()
+}
+
+/// Whether the host has any swap space on (`/proc/swaps` lists one).
+fn host_swaps() -> bool {
+    static SWAPS: OnceLock<bool> = OnceLock::new();
+    *SWAPS.get_or_init(|| {
+        std::fs::read_to_string("/proc/swaps").map_or(true, |text| text.lines().skip(1).any(|l| !l.trim().is_empty()))
+    })
 }
 
 fn host_page() -> usize {
@@ -61,13 +72,165 @@ pub fn written_pages(data: &[u8], out: &mut Vec<u32>) {
         }
         for (i, entry) in buf.chunks_exact(8).enumerate() {
             let bits = u64::from_le_bytes(entry.try_into().expect("8 bytes"));
-            let written = (bits & PRESENT != 0 && bits & FILE_OR_SHARED == 0) || bits & SWAPPED != 0;
+            // A tracked memory's untouched pages are markers that read as
+            // swapped and protected; trackers are only made where nothing
+            // swaps, so those are never pages that were written.
+            let swapped = bits & SWAPPED != 0 && bits & UFFD_WP == 0;
+            let written = (bits & PRESENT != 0 && bits & FILE_OR_SHARED == 0) || swapped;
             if written {
                 let page = ((done + i) * per_host) as u32;
                 out.extend(page..page + per_host as u32);
             }
         }
         done += n;
+    }
+}
+
+/// Tracks which pages of a memory are written, with userfaultfd's
+/// asynchronous write protection (Linux 6.7): every page starts protected,
+/// a write to one un-protects it (the kernel resolves that fault itself, no
+/// handler thread), and the `PAGEMAP_SCAN` ioctl lists the pages written
+/// since the last scan and protects them again, in one call. A context's
+/// rollback point is then kept up to date by copying only what each cell
+/// wrote. Where the kernel does not offer it, nothing is tracked and the
+/// caller copies every written page, as before.
+pub struct WriteTracker {
+    uffd: std::os::fd::OwnedFd,
+    base: usize,
+    len: usize,
+}
+
+// The kernel's interfaces (include/uapi/linux/userfaultfd.h, fs.h).
+const UFFD_API: u64 = 0xAA;
+const UFFD_USER_MODE_ONLY: libc::c_int = 1;
+const UFFD_FEATURE_WP_HUGETLBFS_SHMEM: u64 = 1 << 12;
+const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
+const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
+const UFFDIO_API: libc::c_ulong = 0xC018_AA3F;
+const UFFDIO_REGISTER: libc::c_ulong = 0xC020_AA00;
+const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
+const UFFDIO_WRITEPROTECT: libc::c_ulong = 0xC018_AA06;
+const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1;
+const PAGEMAP_SCAN: libc::c_ulong = 0xC060_6610;
+const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
+const PAGE_IS_WRITTEN: u64 = 1 << 1;
+/// Regions one scan call returns at most; a scan that fills them goes on.
+const SCAN_REGIONS: usize = 512;
+
+impl WriteTracker {
+    /// Starts tracking `data` (page-aligned): from now on, the pages written
+    /// are listed by [`Self::take_written`]. None where it is not offered.
+    pub fn new(data: &[u8]) -> Option<WriteTracker> {
+        use std::os::fd::FromRawFd;
+        let host = host_page();
+        let base = data.as_ptr() as usize;
+        if host != PAGE || !base.is_multiple_of(host) || !data.len().is_multiple_of(host) || data.is_empty() {
+            return None;
+        }
+        pagemap()?;
+        // A swapped-out page that was protected again after its write reads
+        // like an untouched marker (`written_pages` skips both): on a host
+        // that swaps, writes are not tracked this way.
+        if host_swaps() {
+            return None;
+        }
+        // SAFETY: userfaultfd takes flags only; the result is a new descriptor or -1.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_userfaultfd,
+                libc::O_CLOEXEC | libc::O_NONBLOCK | UFFD_USER_MODE_ONLY,
+            )
+        };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: a descriptor we just opened and own.
+        let uffd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as libc::c_int) };
+        let mut tracker = WriteTracker { uffd, base, len: 0 };
+        let mut api = [
+            UFFD_API,
+            UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED | UFFD_FEATURE_WP_HUGETLBFS_SHMEM,
+            0u64,
+        ];
+        if tracker.ioctl(UFFDIO_API, api.as_mut_ptr().cast()) != 0 {
+            return None;
+        }
+        tracker.extend(data.len()).then_some(tracker)
+    }
+
+    fn ioctl(&self, request: libc::c_ulong, arg: *mut libc::c_void) -> libc::c_int {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `arg` points at the structure `request` expects, alive
+        // for the call.
+        unsafe { libc::ioctl(self.uffd.as_raw_fd(), request, arg) }
+    }
+
+    /// The bytes tracked, from the start of the memory.
+    pub fn tracked_len(&self) -> usize {
+        self.len
+    }
+
+    /// Tracks the memory up to `len` bytes (it grew): the new part is
+    /// registered and protected. Whether that worked.
+    pub fn extend(&mut self, len: usize) -> bool {
+        if len <= self.len {
+            return true;
+        }
+        let (start, size) = ((self.base + self.len) as u64, (len - self.len) as u64);
+        let mut register = [start, size, UFFDIO_REGISTER_MODE_WP, 0u64];
+        if self.ioctl(UFFDIO_REGISTER, register.as_mut_ptr().cast()) != 0 {
+            return false;
+        }
+        let mut protect = [start, size, UFFDIO_WRITEPROTECT_MODE_WP];
+        if self.ioctl(UFFDIO_WRITEPROTECT, protect.as_mut_ptr().cast()) != 0 {
+            return false;
+        }
+        self.len = len;
+        true
+    }
+
+    /// Appends the 4 KiB pages written since the last call (or since
+    /// tracking started) to `out`, and protects them again.
+    pub fn take_written(&mut self, out: &mut Vec<u32>) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let file = pagemap().ok_or_else(|| std::io::Error::other("no pagemap"))?;
+        let end = (self.base + self.len) as u64;
+        let mut regions = vec![[0u64; 3]; SCAN_REGIONS];
+        let mut start = self.base as u64;
+        while start < end {
+            let mut arg: [u64; 12] = [
+                96,
+                PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+                start,
+                end,
+                0,
+                regions.as_mut_ptr() as u64,
+                SCAN_REGIONS as u64,
+                0,
+                0,
+                PAGE_IS_WRITTEN,
+                0,
+                PAGE_IS_WRITTEN,
+            ];
+            // SAFETY: a pm_scan_arg (12 u64s) pointing at `regions`, which
+            // holds SCAN_REGIONS page_region entries (3 u64s each).
+            let found = unsafe { libc::ioctl(file.as_raw_fd(), PAGEMAP_SCAN, arg.as_mut_ptr()) };
+            if found < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            for region in &regions[..found as usize] {
+                let first = ((region[0] - self.base as u64) / PAGE as u64) as u32;
+                let last = ((region[1] - self.base as u64) / PAGE as u64) as u32;
+                out.extend(first..last);
+            }
+            let walk_end = arg[4];
+            if walk_end <= start {
+                return Err(std::io::Error::other("the page scan made no progress"));
+            }
+            start = walk_end;
+        }
+        Ok(())
     }
 }
 
@@ -109,6 +272,53 @@ pub fn populate_for_write(data: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_tracker_lists_the_pages_written_since_its_last_scan() {
+        let len = 64 * PAGE;
+        // SAFETY: a fresh anonymous mapping, unmapped below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(ptr, libc::MAP_FAILED);
+        // SAFETY: the mapping is `len` bytes, readable and writable.
+        let data = unsafe { std::slice::from_raw_parts_mut(ptr.cast::<u8>(), len) };
+        data[PAGE] = 1;
+        let Some(mut tracker) = WriteTracker::new(&data[..32 * PAGE]) else {
+            eprintln!("userfaultfd write protection is not offered here; nothing to test");
+            // SAFETY: the mapping made above.
+            unsafe { libc::munmap(ptr, len) };
+            return;
+        };
+        let mut pages = vec![];
+        tracker.take_written(&mut pages).unwrap();
+        assert_eq!(pages, Vec::<u32>::new());
+        let _ = std::hint::black_box(data[5 * PAGE]);
+        for page in [2, 3, 20] {
+            data[page * PAGE + 7] = 9;
+        }
+        tracker.take_written(&mut pages).unwrap();
+        assert_eq!(pages, vec![2, 3, 20]);
+        pages.clear();
+        data[3 * PAGE] = 4;
+        assert!(tracker.extend(64 * PAGE));
+        data[40 * PAGE] = 4;
+        tracker.take_written(&mut pages).unwrap();
+        assert_eq!(pages, vec![3, 40]);
+        pages.clear();
+        tracker.take_written(&mut pages).unwrap();
+        assert_eq!(pages, Vec::<u32>::new());
+        drop(tracker);
+        // SAFETY: the mapping made above.
+        unsafe { libc::munmap(ptr, len) };
+    }
 
     #[test]
     fn only_the_pages_written_in_a_private_file_mapping_are_reported() {

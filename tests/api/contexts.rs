@@ -18,18 +18,18 @@ async fn context(app: &TestApp, sb: &str) -> String {
     v["id"].as_str().unwrap().to_string()
 }
 
-async fn run(app: &TestApp, sb: &str, ctx: &str, body: Value) -> (u16, Value) {
+pub(crate) async fn run(app: &TestApp, sb: &str, ctx: &str, body: Value) -> (u16, Value) {
     send(app.post(&format!("/sandboxes/{sb}/contexts/{ctx}/run")).json(&body)).await
 }
 
 /// Runs a cell that must answer 200 and returns its body.
-async fn cell(app: &TestApp, sb: &str, ctx: &str, code: &str) -> Value {
+pub(crate) async fn cell(app: &TestApp, sb: &str, ctx: &str, code: &str) -> Value {
     let (status, v) = run(app, sb, ctx, json!({"code": code})).await;
     assert_eq!(status, 200, "{code}: {v}");
     v
 }
 
-fn plain(v: &Value) -> &str {
+pub(crate) fn plain(v: &Value) -> &str {
     v["result"]["text/plain"].as_str().unwrap_or("<none>")
 }
 

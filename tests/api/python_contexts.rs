@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::contexts::{cell, plain, run};
 use crate::helpers::{TestApp, assert_error, send};
 
 async fn python_context(app: &TestApp, sb: &str) -> String {
@@ -18,20 +19,6 @@ async fn python_context(app: &TestApp, sb: &str) -> String {
     assert_eq!(status, 201, "{v}");
     assert_eq!(v["image"], "python:3.15");
     v["id"].as_str().unwrap().to_string()
-}
-
-async fn run(app: &TestApp, sb: &str, ctx: &str, body: Value) -> (u16, Value) {
-    send(app.post(&format!("/sandboxes/{sb}/contexts/{ctx}/run")).json(&body)).await
-}
-
-async fn cell(app: &TestApp, sb: &str, ctx: &str, code: &str) -> Value {
-    let (status, v) = run(app, sb, ctx, json!({"code": code})).await;
-    assert_eq!(status, 200, "{code}: {v}");
-    v
-}
-
-fn plain(v: &Value) -> &str {
-    v["result"]["text/plain"].as_str().unwrap_or("<none>")
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -342,6 +342,16 @@ pub struct CellReport {
     pub error: Option<serde_json::Value>,
 }
 
+impl CellReport {
+    /// A cell whose report the host could not read, and why.
+    fn unreadable(why: &str) -> CellReport {
+        CellReport {
+            result: None,
+            error: Some(serde_json::json!({"name": "StacyvmError", "value": why, "traceback": ""})),
+        }
+    }
+}
+
 /// One kind of interpreter that can run cells in a kept instance.
 pub trait ContextProgram: Send + Sync + 'static {
     /// The `language` clients ask for.
@@ -1711,10 +1721,6 @@ impl ContextProgram for QuickJs {
         instance
             .get_typed_func::<i32, ()>(&mut *store, "free")?
             .call(&mut *store, report_name)?;
-        let unreadable = |why: &str| CellReport {
-            result: None,
-            error: Some(serde_json::json!({"name": "StacyvmError", "value": why, "traceback": ""})),
-        };
         if (report >> 32) == Self::TAG_EXCEPTION {
             let exception = instance
                 .get_typed_func::<i32, i64>(&mut *store, "JS_GetException")?
@@ -1722,15 +1728,14 @@ impl ContextProgram for QuickJs {
             instance
                 .get_typed_func::<(i32, i64), ()>(&mut *store, "JS_FreeValue")?
                 .call(&mut *store, (ctx, exception))?;
-            return Ok(unreadable(
+            return Ok(CellReport::unreadable(
                 "the context's result reporter (__stacyvm_report) was removed or replaced",
             ));
         }
         match Self::take_string(store, instance, ctx, report)? {
-            Some(text) => {
-                Ok(serde_json::from_str(&text).unwrap_or_else(|_| unreadable("the cell's result could not be read")))
-            }
-            None => Ok(unreadable("the cell's result is too large to report")),
+            Some(text) => Ok(serde_json::from_str(&text)
+                .unwrap_or_else(|_| CellReport::unreadable("the cell's result could not be read"))),
+            None => Ok(CellReport::unreadable("the cell's result is too large to report")),
         }
     }
 }
@@ -1817,16 +1822,6 @@ impl ContextProgram for Python315 {
         Self::turn(store, instance, &source)
     }
 
-    fn begin(
-        &self,
-        store: &mut Store<GuestState>,
-        instance: &Instance,
-        cwd: &str,
-        env: &[(String, String)],
-    ) -> wasmtime::Result<()> {
-        self.init(store, instance, cwd, env)
-    }
-
     fn run_cell(&self, store: &mut Store<GuestState>, instance: &Instance, code: &str) -> wasmtime::Result<CellReport> {
         Self::take_report(store);
         let source = format!(
@@ -1835,15 +1830,10 @@ impl ContextProgram for Python315 {
             serde_json::Value::String(code.to_string())
         );
         let status = super::reactor::call_turn(store, instance, source.as_bytes())?;
-        let unreadable = |why: &str| CellReport {
-            result: None,
-            error: Some(serde_json::json!({"name": "StacyvmError", "value": why, "traceback": ""})),
-        };
         match Self::take_report(store) {
-            Some(frame) => Ok(
-                serde_json::from_slice(&frame).unwrap_or_else(|_| unreadable("the cell's result could not be read"))
-            ),
-            None => Ok(unreadable(&format!(
+            Some(frame) => Ok(serde_json::from_slice(&frame)
+                .unwrap_or_else(|_| CellReport::unreadable("the cell's result could not be read"))),
+            None => Ok(CellReport::unreadable(&format!(
                 "the context's driver ({}) did not report the cell (status {status}); it was removed or replaced",
                 Self::MODULE
             ))),

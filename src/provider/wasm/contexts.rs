@@ -376,6 +376,21 @@ impl ContextManager {
 }
 
 impl Entry {
+    /// A copy of this live context in a fresh instance with `env` (its own
+    /// sandbox's, for a sandbox fork), and the snapshot it was made from,
+    /// which is the copy's rollback point. Runs on a guest thread.
+    fn copy_live(&mut self, env: &ContextEnv) -> Result<(LiveContext, Snapshot), ProviderError> {
+        let State::Live(live) = &mut self.state else {
+            return Err(ProviderError::Internal(anyhow::anyhow!("the context is not in memory")));
+        };
+        let snapshot = match &self.current {
+            Some(current) => current.clone(),
+            None => live.snapshot(None).map_err(ProviderError::Internal)?,
+        };
+        let copy = LiveContext::restore(self.image.clone(), env, &snapshot)?;
+        Ok((copy, snapshot))
+    }
+
     /// The sandbox this context belongs to (its directory's name).
     fn env_sandbox_id(&self) -> String {
         self.env
@@ -774,16 +789,9 @@ impl ContextBackend for WasmProvider {
         let (guard, (copy, snapshot)) = self
             .run_guest(move || {
                 let mut guard = guard;
-                let e = &mut *guard;
-                let State::Live(live) = &mut e.state else {
-                    unreachable!("resumed")
-                };
-                let snapshot = match &e.current {
-                    Some(current) => current.clone(),
-                    None => live.snapshot(None).map_err(ProviderError::Internal)?,
-                };
-                let copy = LiveContext::restore(e.image.clone(), &e.env, &snapshot)?;
-                Ok((guard, (copy, snapshot)))
+                let env = guard.env.clone();
+                let copy = guard.copy_live(&env)?;
+                Ok((guard, copy))
             })
             .await?;
         let mut copy = Box::new(copy);
@@ -836,15 +844,7 @@ impl ContextBackend for WasmProvider {
                 let (guard, (copy, env, snapshot)) = self
                     .run_guest(move || {
                         let mut guard = guard;
-                        let e = &mut *guard;
-                        let State::Live(live) = &mut e.state else {
-                            unreachable!()
-                        };
-                        let snapshot = match &e.current {
-                            Some(current) => current.clone(),
-                            None => live.snapshot(None).map_err(ProviderError::Internal)?,
-                        };
-                        let copy = LiveContext::restore(e.image.clone(), &env, &snapshot)?;
+                        let (copy, snapshot) = guard.copy_live(&env)?;
                         Ok((guard, (copy, env, snapshot)))
                     })
                     .await?;
